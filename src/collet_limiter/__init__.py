@@ -1,0 +1,75 @@
+"""collet-limiter: per-model concurrency limits for LLM calls, shared by every process on a host.
+
+Permits are rows in one SQLite file (WAL mode) that any number of processes share and anyone can
+read with ``sqlite3``. When the wanted ``provider/model`` is full, the limiter falls back along the
+agent's chain, then to a model of the same or one-lower cost tier with tool support, then to a CLI
+provider, and otherwise waits its turn in a fair queue. A Python port of the per-model limiter of
+the Rust agent orchestrator collet.
+"""
+
+from __future__ import annotations
+
+from ._agents import load_agent_chain
+from ._config import Config, load_config
+from ._errors import (
+    AcquireTimeout,
+    ConfigError,
+    DatabaseBusyError,
+    DatabaseCorruptError,
+    DatabaseUnavailableError,
+    InvalidKeyError,
+    LimiterClosedError,
+    LimiterError,
+    SchemaVersionError,
+    StorageError,
+)
+from ._keys import ModelKey, parse_providers_chain
+from ._limiter import Lease, Limiter
+from ._profiles import CostTier, ModelProfile, default_concurrency, profile_for
+from ._results import (
+    Acquired,
+    CandidateReport,
+    Explanation,
+    LeaseInfo,
+    ModelStatus,
+    QueueWait,
+    Reaped,
+    Status,
+    TicketInfo,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcquireTimeout",
+    "Acquired",
+    "CandidateReport",
+    "Config",
+    "ConfigError",
+    "CostTier",
+    "DatabaseBusyError",
+    "DatabaseCorruptError",
+    "DatabaseUnavailableError",
+    "Explanation",
+    "InvalidKeyError",
+    "Lease",
+    "LeaseInfo",
+    "Limiter",
+    "LimiterClosedError",
+    "LimiterError",
+    "ModelKey",
+    "ModelProfile",
+    "ModelStatus",
+    "QueueWait",
+    "Reaped",
+    "SchemaVersionError",
+    "Status",
+    "StorageError",
+    "TicketInfo",
+    "__version__",
+    "default_concurrency",
+    "load_agent_chain",
+    "load_config",
+    "parse_providers_chain",
+    "profile_for",
+]

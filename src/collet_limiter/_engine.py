@@ -1,0 +1,220 @@
+"""Engine creation per dialect, and the only SQLite-specific code: pragmas, BEGIN, data_version.
+
+Write transactions start with ``BEGIN IMMEDIATE``. A deferred transaction (plain ``BEGIN``) that
+reads and later writes must upgrade its lock, and when another connection wrote in between SQLite
+fails the upgrade with SQLITE_BUSY at once, without honouring the busy timeout, because waiting
+could deadlock (https://www.sqlite.org/lang_transaction.html,
+https://www.sqlite.org/rescode.html#busy_snapshot). Taking the write lock up front makes the busy
+timeout apply to the one place contention can occur: the BEGIN itself.
+
+pysqlite would emit its own deferred BEGIN before DML, so, as SQLAlchemy's SQLite docs recommend
+("Enabling Non-Legacy SQLite Transactional Modes"), the driver's transaction control is switched
+off (``isolation_level = None``) and the ``begin`` event emits ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
+
+from ._errors import DatabaseUnavailableError, translate_driver_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import URL, Connection, Engine
+
+# Execution option marking a connection whose next transaction will write.
+WRITE_OPTION: Final = "collet_limiter_write"
+
+# Filesystems on which SQLite's WAL mode (shared memory, POSIX locks) is unsafe.
+NETWORK_FILESYSTEMS: Final = frozenset(
+    {"nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "sshfs", "fuse.sshfs", "9p", "afs", "ceph",
+     "glusterfs", "fuse.glusterfs", "lustre", "davfs", "fuse.s3fs", "gcsfuse", "fuse.gcsfuse"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a database lives: the SQLAlchemy URL and, for SQLite files, the path."""
+
+    url: URL
+    path: Path | None
+
+    @property
+    def display(self) -> str:
+        """The path (SQLite) or the URL with its password hidden, for messages."""
+        return str(self.path) if self.path is not None else self.url.render_as_string()
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the target is a SQLite database."""
+        return self.url.get_backend_name() == "sqlite"
+
+
+def resolve_target(db: str | os.PathLike[str]) -> Target:
+    """A path or a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``)."""
+    text = os.fspath(db)
+    if "://" in text:
+        url = make_url(text)
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:":
+                from ._errors import ConfigError
+
+                raise ConfigError(
+                    f"{text}: an in-memory SQLite database cannot be shared between processes; "
+                    "give a file path",
+                    path=text,
+                )
+            path = Path(url.database).expanduser().absolute()
+            return Target(url.set(drivername="sqlite+pysqlite", database=str(path)), path)
+        return Target(url, None)
+    path = Path(text).expanduser().absolute()
+    return Target(make_url("sqlite+pysqlite://").set(database=str(path)), path)
+
+
+def prepare_sqlite_file(path: Path, *, create_dir: bool) -> None:
+    """Make sure the database file exists, owner-only (0600) when we create it.
+
+    ``create_dir`` makes the parent directory (0700) when missing; it is set for the default path
+    only, since a missing directory in a path the user chose is more likely a typo.
+    """
+    with translate_driver_errors(str(path)):
+        parent = path.parent
+        if not parent.is_dir():
+            if not create_dir:
+                raise DatabaseUnavailableError(
+                    f"cannot create database {path}: directory {parent} does not exist; "
+                    "create it or choose another --db path",
+                    path=str(path),
+                    reason="missing directory",
+                )
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.exists():
+            if path.is_dir():
+                raise DatabaseUnavailableError(
+                    f"cannot use database {path}: it is a directory", path=str(path),
+                    reason="is a directory",
+                )
+            return
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DatabaseUnavailableError(
+                f"cannot create database {path}: directory {parent} is not writable",
+                path=str(path),
+                reason="directory not writable",
+            )
+        # O_EXCL: when several processes create the file at once, exactly one creates it and the
+        # rest open what it created; SQLite gives the -wal and -shm files the same mode.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def _on_connect(busy_timeout_ms: int) -> Any:
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # Persistent: set once per file; readers never block the writer and vice versa.
+                cursor.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable across application crashes in WAL mode; only a power loss can
+            # roll back the last commits, which for leases means at worst a released slot
+            # reappears until its holder is seen dead.
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    return configure
+
+
+def _on_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def create_sqlite_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
+    """An engine on a SQLite file in WAL mode with our transaction control."""
+    engine = create_engine(
+        target.url,
+        poolclass=QueuePool,
+        # Each thread blocked in acquire_wait holds a connection for its data_version polling,
+        # so the pool must grow with the number of waiting threads instead of timing out.
+        pool_size=5,
+        max_overflow=-1,
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+    )
+    event.listen(engine, "connect", _on_connect(busy_timeout_ms))
+    event.listen(engine, "begin", _on_begin)
+    return engine
+
+
+@contextlib.contextmanager
+def write_transaction(conn: Connection) -> Iterator[Connection]:
+    """A transaction on ``conn`` that takes the write lock up front (``BEGIN IMMEDIATE``)."""
+    conn.execution_options(**{WRITE_OPTION: True})
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.execution_options(**{WRITE_OPTION: False})
+
+
+@contextlib.contextmanager
+def read_transaction(conn: Connection) -> Iterator[Connection]:
+    """A read-only transaction: one consistent snapshot, no write lock."""
+    with conn.begin():
+        yield conn
+
+
+def data_version(conn: Connection) -> int:
+    """SQLite's ``PRAGMA data_version``: changes whenever another connection commits.
+
+    It takes no lock and costs microseconds (https://www.sqlite.org/pragma.html#pragma_data_version),
+    so a waiter can look often and try a write transaction only when something changed.
+    """
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    row = dbapi.execute("PRAGMA data_version").fetchone()
+    return int(row[0])
+
+
+def pragmas(conn: Connection) -> dict[str, Any]:
+    """The pragmas in effect on ``conn`` (for ``doctor`` and the tests)."""
+    return {
+        name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+        for name in ("journal_mode", "synchronous", "busy_timeout")
+    }
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The filesystem type holding ``path`` from ``/proc/self/mounts``; None when unknown."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best, best_type = "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount_point = parts[1].replace("\\040", " ")
+        prefix = mount_point.rstrip("/") + "/"
+        if (target == mount_point or target.startswith(prefix)) and len(mount_point) > len(best):
+            best, best_type = mount_point, parts[2]
+    return best_type
+
+
+def is_network_filesystem(path: Path) -> bool:
+    """Whether ``path`` is on a network filesystem, where WAL mode is unsafe."""
+    fs_type = filesystem_type(path if path.exists() else path.parent)
+    return fs_type is not None and fs_type.lower() in NETWORK_FILESYSTEMS

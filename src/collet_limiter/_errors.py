@@ -1,0 +1,147 @@
+"""Every error collet-limiter raises, and the one place driver errors are translated.
+
+Tree::
+
+    LimiterError
+    ├── ConfigError (ValueError)            bad config file, env variable or argument
+    │   └── InvalidKeyError                 a string that is not ``provider/model``
+    ├── AcquireTimeout (TimeoutError)       no permit within the timeout
+    ├── LimiterClosedError (RuntimeError)   the Limiter was closed
+    └── StorageError                        the database cannot be used as it is
+        ├── DatabaseUnavailableError (OSError)  missing or unwritable path, read-only, disk full
+        ├── DatabaseBusyError                   locked by another writer for too long
+        ├── DatabaseCorruptError                not a SQLite database, or damaged
+        └── SchemaVersionError                  written by a newer collet-limiter
+
+Errors carry their context (key, path, limit) as attributes and stay picklable, so a worker
+process can send one back to its parent. sqlite3 and SQLAlchemy exceptions never leave this
+package: ``translate_driver_errors`` maps them at the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class LimiterError(Exception):
+    """Base class of every error raised by collet-limiter."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for name, value in context.items():
+            setattr(self, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException pickles args and __dict__; keyword-only context lives in __dict__.
+        return (self.__class__, (self.message,), self.__dict__)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(LimiterError, ValueError):
+    """A config file, environment variable or argument is invalid; the message says where."""
+
+
+class InvalidKeyError(ConfigError):
+    """A model key string is not of the form ``provider/model``."""
+
+
+class AcquireTimeout(LimiterError, TimeoutError):  # noqa: N818 - the public name is fixed
+    """No permit was granted within the timeout; nothing is held and no ticket is left queued."""
+
+
+class LimiterClosedError(LimiterError, RuntimeError):
+    """The Limiter was closed (or is being closed) and cannot acquire any more."""
+
+
+class StorageError(LimiterError):
+    """The database cannot be used as it is; the message names the path and what to do."""
+
+
+class DatabaseUnavailableError(StorageError, OSError):
+    """The database path cannot be opened or written: missing directory, permissions, disk full."""
+
+
+class DatabaseBusyError(StorageError):
+    """Another process held the database's write lock for longer than the busy timeout."""
+
+
+class DatabaseCorruptError(StorageError):
+    """The file is not a SQLite database, or it is damaged."""
+
+
+class SchemaVersionError(StorageError):
+    """The database was written by a newer collet-limiter whose schema this version does not know."""
+
+
+def _driver_message(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc)
+
+
+def storage_error_from(exc: BaseException, *, path: str) -> StorageError:
+    """The public error for a driver or OS error raised while using the database at ``path``."""
+    text = _driver_message(exc)
+    lowered = text.lower()
+    if isinstance(exc, OSError) and not isinstance(exc, LimiterError):
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "the disk is full"
+        return DatabaseUnavailableError(
+            f"cannot use database {path}: {reason}", path=path, reason=reason
+        )
+    if "locked" in lowered or "busy" in lowered:
+        return DatabaseBusyError(
+            f"database {path} stayed locked by another process beyond the busy timeout; "
+            "raise [limiter] busy_timeout_ms or find the process holding a long transaction",
+            path=path,
+            reason=text,
+        )
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return DatabaseCorruptError(
+            f"{path} is not a usable collet-limiter database ({text}); "
+            "point --db/COLLET_LIMITER_DB at another file or move this one away",
+            path=path,
+            reason=text,
+        )
+    if "readonly" in lowered or "read-only" in lowered:
+        return DatabaseUnavailableError(
+            f"database {path} is read-only ({text}); make the file and its directory writable",
+            path=path,
+            reason=text,
+        )
+    if "disk is full" in lowered or "disk full" in lowered:
+        return DatabaseUnavailableError(
+            f"cannot write database {path}: the disk is full; free space and retry",
+            path=path,
+            reason=text,
+        )
+    if "unable to open" in lowered or "disk i/o" in lowered or "no such" in lowered:
+        return DatabaseUnavailableError(
+            f"cannot open database {path} ({text}); check that the directory exists and is "
+            "writable, and that the file was not deleted",
+            path=path,
+            reason=text,
+        )
+    return StorageError(f"database {path}: {text}", path=path, reason=text)
+
+
+@contextlib.contextmanager
+def translate_driver_errors(path: str) -> Iterator[None]:
+    """Re-raise sqlite3, SQLAlchemy and OS errors from the block as the matching ``StorageError``."""
+    from sqlalchemy import exc as sa_exc
+
+    try:
+        yield
+    except LimiterError:
+        raise
+    except (sa_exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        raise storage_error_from(exc, path=path) from exc

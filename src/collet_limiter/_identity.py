@@ -1,0 +1,146 @@
+"""Who holds a lease, and proof that a holder is dead.
+
+A holder is (host identity, PID, PID start time). Host identity is the kernel's boot id plus the
+PID namespace: two containers on one kernel can share a database file but not PIDs, so a PID is
+only meaningful to processes with the same identity. A holder is *provably* dead when its identity
+is ours and its PID is gone, is a zombie, or now belongs to a process that started at another
+time (PID reuse). Anything else (another host, a PID we may not inspect) is alive until its lease
+expires.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+_PROC: Final = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The identity a lease or ticket records for its process."""
+
+    pid: int
+    pid_start: float
+    host_id: str
+    hostname: str
+
+
+@functools.lru_cache(maxsize=1)
+def host_id() -> str:
+    """This host's identity: boot id and PID namespace (Linux), else hostname and boot time."""
+    try:
+        boot = (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink(_PROC / "self/ns/pid")
+    except OSError:
+        import psutil
+
+        return f"{socket.gethostname()}:{int(psutil.boot_time())}"
+    return f"{boot}:{namespace}"
+
+
+def _linux_start(pid: int) -> float | None:
+    """Start time in seconds since boot from ``/proc/PID/stat``; None if gone or a zombie.
+
+    The raw clock-tick count since boot never changes for a process, unlike wall-clock
+    create times, which move when the system clock is adjusted.
+    """
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    state, start_ticks = fields[0], int(fields[19])
+    if state in ("Z", "X"):
+        return None
+    return start_ticks / _CLOCK_TICKS
+
+
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_HAVE_PROC: Final = (_PROC / "self/stat").exists()
+
+
+class UnknownProcessState(Exception):  # noqa: N818 - internal signal, never raised to callers
+    """The process exists but cannot be inspected (another user's, under hidepid)."""
+
+
+def process_start(pid: int) -> float | None:
+    """The start time of ``pid`` (None when no such live process exists).
+
+    Raises ``UnknownProcessState`` when the PID exists but its start time cannot be read.
+    """
+    if _HAVE_PROC:
+        try:
+            start = _linux_start(pid)
+        except PermissionError:
+            start = None
+        if start is not None:
+            return start
+        return None if not _pid_exists(pid) or _is_zombie(pid) else _unknown(pid)
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return round(float(process.create_time()), 2)
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return _unknown(pid)
+
+
+def _unknown(pid: int) -> float:
+    raise UnknownProcessState(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X")
+
+
+def _pid_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+@functools.lru_cache(maxsize=4)
+def _holder_for(pid: int) -> Holder:
+    start = process_start(pid)
+    return Holder(pid=pid, pid_start=start or 0.0, host_id=host_id(), hostname=socket.gethostname())
+
+
+def current_holder() -> Holder:
+    """The identity of this process (recomputed after ``fork``, since the PID differs)."""
+    return _holder_for(os.getpid())
+
+
+def is_provably_dead(*, holder_host: str, pid: int, pid_start: float) -> bool:
+    """Whether a holder recorded as (``holder_host``, ``pid``, ``pid_start``) is certainly dead."""
+    if holder_host != host_id():
+        return False
+    try:
+        start = process_start(pid)
+    except UnknownProcessState:
+        return False
+    return start is None or start != pid_start
+
+
+def new_token() -> str:
+    """A random token that proves ownership of one lease or ticket."""
+    return uuid.uuid4().hex

@@ -1,0 +1,98 @@
+"""Create and upgrade the schema with the Alembic scripts in ``migrations/``, on open.
+
+The fast path (an up-to-date database) is one SELECT and imports nothing from Alembic. Otherwise
+the upgrade runs inside one ``BEGIN IMMEDIATE`` transaction: when many processes open a brand-new
+file at once, the first takes the write lock and creates the schema, and the others, once they
+get the lock, find it current and do nothing. Each migration and its ``alembic_version`` row
+commit together, since SQLite's DDL is transactional.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import inspect, text
+
+from ._engine import read_transaction, write_transaction
+from ._errors import SchemaVersionError
+from ._schema import SCHEMA_REVISION
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory: inside the installed package, else the source checkout's."""
+    packaged = Path(__file__).with_name("migrations")
+    if (packaged / "env.py").exists():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").exists():
+        return checkout
+    raise FileNotFoundError(  # a broken install, not a user error
+        f"collet-limiter's migrations are missing (looked in {packaged} and {checkout})"
+    )
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The schema revision recorded in the database, None for a database without our schema."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return None if value is None else str(value)
+
+
+def _alembic_config(conn: Connection) -> object:
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = conn
+    return config
+
+
+def known_revisions() -> list[str]:
+    """Every revision of the shipped scripts, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(migrations_dir()))
+    return [script.revision for script in reversed(list(scripts.walk_revisions()))]
+
+
+def head_revision() -> str:
+    """The newest revision of the shipped scripts."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    assert head is not None
+    return head
+
+
+def _check_known(revision: str | None, *, display: str) -> None:
+    if revision is not None and revision not in known_revisions():
+        raise SchemaVersionError(
+            f"database {display} has schema revision {revision!r}, written by a newer "
+            f"collet-limiter (this one knows up to {SCHEMA_REVISION!r}); upgrade collet-limiter "
+            "or use another database",
+            path=display,
+            revision=revision,
+        )
+
+
+def ensure_schema(engine: Engine, *, display: str) -> bool:
+    """Bring the schema to ``SCHEMA_REVISION``; True when this call changed it."""
+    with engine.connect() as conn:
+        with read_transaction(conn):
+            revision = current_revision(conn)
+        if revision == SCHEMA_REVISION:
+            return False
+        from alembic import command
+
+        with write_transaction(conn):
+            revision = current_revision(conn)
+            if revision == SCHEMA_REVISION:
+                return False
+            _check_known(revision, display=display)
+            command.upgrade(_alembic_config(conn), "head")  # type: ignore[arg-type]
+        return True

@@ -1,0 +1,100 @@
+"""The tables, defined once: used by every query and by the Alembic migrations.
+
+Times are stored twice: ``*_ts`` columns hold seconds since the epoch (REAL) for comparisons, and
+the ``*_at`` columns hold the same instant as readable UTC text for people using ``sqlite3``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+# The Alembic revision this code writes and reads. A test checks it is the scripts' head, so
+# opening an up-to-date database needs one SELECT and no Alembic import.
+SCHEMA_REVISION: Final = "0001_initial"
+
+metadata = MetaData()
+
+models = Table(
+    "models",
+    metadata,
+    Column("provider", String, primary_key=True),
+    Column("model", String, primary_key=True),
+    Column("concurrency_limit", Integer, nullable=False),
+    Column("cost_tier", String, nullable=False),
+    Column("supports_tool_use", Boolean, nullable=False),
+    Column("is_cli", Boolean, nullable=False),
+    # Place among the config's providers' models; NULL for keys added on demand.
+    Column("position", Integer, nullable=True),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token", String, nullable=False),
+    Column("provider", String, nullable=False),
+    Column("model", String, nullable=False),
+    Column("primary_provider", String, nullable=False),
+    Column("primary_model", String, nullable=False),
+    Column("via", String, nullable=False),
+    Column("holder", Text, nullable=True),
+    Column("pid", Integer, nullable=False),
+    Column("pid_start", Float, nullable=False),
+    Column("host_id", String, nullable=False),
+    Column("hostname", String, nullable=False),
+    # The Limiter instance that holds the lease: its heartbeat renews, its close() releases.
+    Column("owner", String, nullable=False),
+    Column("acquired_at", String, nullable=False),
+    Column("expires_at", String, nullable=False),
+    Column("acquired_ts", Float, nullable=False),
+    Column("expires_ts", Float, nullable=False),
+    Index("ix_leases_model", "provider", "model"),
+    Index("ix_leases_owner", "owner"),
+)
+
+waiters = Table(
+    "waiters",
+    metadata,
+    # The id is the ticket: smaller ids were queued earlier and are served first.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token", String, nullable=False),
+    Column("provider", String, nullable=False),
+    Column("model", String, nullable=False),
+    Column("holder", Text, nullable=True),
+    Column("pid", Integer, nullable=False),
+    Column("pid_start", Float, nullable=False),
+    Column("host_id", String, nullable=False),
+    Column("hostname", String, nullable=False),
+    Column("owner", String, nullable=False),
+    Column("enqueued_at", String, nullable=False),
+    Column("expires_at", String, nullable=False),
+    Column("enqueued_ts", Float, nullable=False),
+    Column("expires_ts", Float, nullable=False),
+    Index("ix_waiters_model", "provider", "model"),
+    Index("ix_waiters_owner", "owner"),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Keys of the meta table.
+META_MAX_AGENTS: Final = "max_agents"
+META_FINGERPRINT: Final = "config_fingerprint"
+META_CONFIG_SOURCE: Final = "config_source"
+META_CONFIG_WRITTEN_AT: Final = "config_written_at"

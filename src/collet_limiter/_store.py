@@ -1,0 +1,547 @@
+"""Every transaction, written once against a SQLAlchemy ``Connection``.
+
+The caller opens the transaction (``_engine.write_transaction`` for writes) and passes the time:
+these functions know nothing of waiting, threads, asyncio or clocks, which is what lets the sync
+Limiter, the AsyncLimiter (through ``AsyncConnection.run_sync``) and any dialect share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, func, insert, select, update
+
+from . import _schema as s
+from ._fairness import Snapshot
+from ._fallback import Candidate, ModelRow, Via, plan
+from ._identity import is_provably_dead
+from ._keys import ModelKey
+from ._profiles import CostTier
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterable, Sequence
+
+    from sqlalchemy.engine import Connection, Row
+
+    from ._identity import Holder
+
+def utc_text(ts: float) -> str:
+    """Seconds since the epoch as readable UTC text: ``2026-11-27T23:07:55.123Z``."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def utc_datetime(ts: float) -> datetime:
+    """Seconds since the epoch as an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A lease row as stored."""
+
+    id: int
+    token: str
+    key: ModelKey
+    primary: ModelKey
+    via: Via
+    holder: str | None
+    pid: int
+    pid_start: float
+    host_id: str
+    hostname: str
+    owner: str
+    acquired_ts: float
+    expires_ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRecord:
+    """A waiter's ticket as stored; smaller ids are served first."""
+
+    id: int
+    token: str
+    key: ModelKey
+    holder: str | None
+    pid: int
+    pid_start: float
+    host_id: str
+    hostname: str
+    owner: str
+    enqueued_ts: float
+    expires_ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A lease or ticket removed by reaping, and why."""
+
+    kind: str  # "lease" or "ticket"
+    id: int
+    key: ModelKey
+    pid: int
+    hostname: str
+    holder: str | None
+    reason: str  # "expired" or "holder dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One fallback candidate with the decision about it."""
+
+    candidate: Candidate
+    granted: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a claim asks for, and who asks."""
+
+    primary: ModelKey
+    chain: tuple[ModelKey, ...]
+    fallback: bool  # False: the primary only, as acquire_wait does
+    ticket: int | None  # the request's place in the queue, once queued
+    enqueue: bool  # queue a ticket for the primary when nothing is granted
+    holder: Holder
+    label: str | None
+    owner: str
+    token: str
+    ticket_token: str
+    ttl: float
+
+
+@dataclass(slots=True)
+class ClaimResult:
+    """What a claim did: the lease granted, or the ticket queued (or kept)."""
+
+    lease: LeaseRecord | None
+    ticket: int | None
+    verdicts: list[Verdict] = field(default_factory=list)
+    global_reason: str = ""
+    reaped: list[Removed] = field(default_factory=list)
+    requeued: bool = False  # the request's ticket had been reaped and was queued again
+
+
+def _key(row: Row[tuple[str, str]] | tuple[str, str]) -> ModelKey:
+    return ModelKey(row[0], row[1])
+
+
+def _model_row(row: Row[tuple[str, str, int, str, bool, bool, int | None]]) -> ModelRow:
+    return ModelRow(
+        key=ModelKey(row.provider, row.model),
+        limit=row.concurrency_limit,
+        cost_tier=CostTier(row.cost_tier),
+        supports_tool_use=bool(row.supports_tool_use),
+        is_cli=bool(row.is_cli),
+        position=row.position,
+    )
+
+
+def _row_values(row: ModelRow) -> dict[str, object]:
+    return {
+        "provider": row.key.provider,
+        "model": row.key.model,
+        "concurrency_limit": row.limit,
+        "cost_tier": row.cost_tier.value,
+        "supports_tool_use": row.supports_tool_use,
+        "is_cli": row.is_cli,
+        "position": row.position,
+    }
+
+
+# --- models and meta ---------------------------------------------------------------------------
+
+
+def read_models(conn: Connection) -> dict[ModelKey, ModelRow]:
+    """Every row of the ``models`` table."""
+    return {
+        model.key: model
+        for model in map(_model_row, conn.execute(select(s.models)))  # type: ignore[arg-type]
+    }
+
+
+def ensure_models(
+    conn: Connection,
+    rows: dict[ModelKey, ModelRow],
+    keys: Iterable[ModelKey],
+    demand: Callable[[ModelKey], ModelRow],
+) -> None:
+    """Add a row for each of ``keys`` the table lacks (in ``rows`` too). Needs a write transaction."""
+    missing = {key: demand(key) for key in keys if key not in rows}
+    if missing:
+        conn.execute(insert(s.models), [_row_values(row) for row in missing.values()])
+        rows.update(missing)
+
+
+def read_meta(conn: Connection) -> dict[str, str]:
+    """The settings table."""
+    return {row.key: row.value for row in conn.execute(select(s.meta))}
+
+
+def max_agents(conn: Connection) -> int:
+    """The global cap in force (the last config written wins)."""
+    value = conn.execute(select(s.meta.c.value).where(s.meta.c.key == s.META_MAX_AGENTS)).scalar()
+    return int(value) if value is not None else 3
+
+
+def write_config(
+    conn: Connection,
+    *,
+    rows: Sequence[ModelRow],
+    cap: int,
+    fingerprint: str,
+    source: str,
+    now: float,
+    demand: Callable[[ModelKey], ModelRow],
+) -> bool:
+    """Seed the ``models`` table and the global cap from a config, unless already current.
+
+    Returns True when it wrote. Rows added on demand are kept, recomputed under the new config.
+    """
+    current = conn.execute(
+        select(s.meta.c.value).where(s.meta.c.key == s.META_FINGERPRINT)
+    ).scalar()
+    if current == fingerprint:
+        return False
+    demand_keys = [
+        _key(row)
+        for row in conn.execute(
+            select(s.models.c.provider, s.models.c.model).where(s.models.c.position.is_(None))
+        )
+    ]
+    conn.execute(delete(s.models))
+    configured = {row.key for row in rows}
+    values = [_row_values(row) for row in rows]
+    values += [_row_values(demand(key)) for key in demand_keys if key not in configured]
+    if values:
+        conn.execute(insert(s.models), values)
+    settings = {
+        s.META_MAX_AGENTS: str(cap),
+        s.META_FINGERPRINT: fingerprint,
+        s.META_CONFIG_SOURCE: source,
+        s.META_CONFIG_WRITTEN_AT: utc_text(now),
+    }
+    conn.execute(delete(s.meta).where(s.meta.c.key.in_(list(settings))))
+    conn.execute(insert(s.meta), [{"key": k, "value": v} for k, v in settings.items()])
+    return True
+
+
+def stored_fingerprint(conn: Connection) -> str | None:
+    """The fingerprint of the config last written to the database."""
+    value = conn.execute(
+        select(s.meta.c.value).where(s.meta.c.key == s.META_FINGERPRINT)
+    ).scalar()
+    return None if value is None else str(value)
+
+
+# --- reading state -----------------------------------------------------------------------------
+
+
+def _lease_record(row: Row[tuple[object, ...]]) -> LeaseRecord:
+    m = row._mapping
+    return LeaseRecord(
+        id=m["id"],
+        token=m["token"],
+        key=ModelKey(m["provider"], m["model"]),
+        primary=ModelKey(m["primary_provider"], m["primary_model"]),
+        via=m["via"],
+        holder=m["holder"],
+        pid=m["pid"],
+        pid_start=m["pid_start"],
+        host_id=m["host_id"],
+        hostname=m["hostname"],
+        owner=m["owner"],
+        acquired_ts=m["acquired_ts"],
+        expires_ts=m["expires_ts"],
+    )
+
+
+def _ticket_record(row: Row[tuple[object, ...]]) -> TicketRecord:
+    m = row._mapping
+    return TicketRecord(
+        id=m["id"],
+        token=m["token"],
+        key=ModelKey(m["provider"], m["model"]),
+        holder=m["holder"],
+        pid=m["pid"],
+        pid_start=m["pid_start"],
+        host_id=m["host_id"],
+        hostname=m["hostname"],
+        owner=m["owner"],
+        enqueued_ts=m["enqueued_ts"],
+        expires_ts=m["expires_ts"],
+    )
+
+
+def list_leases(conn: Connection) -> list[LeaseRecord]:
+    """Every lease, oldest first."""
+    return [_lease_record(row) for row in conn.execute(select(s.leases).order_by(s.leases.c.id))]
+
+
+def list_tickets(conn: Connection) -> list[TicketRecord]:
+    """Every queued ticket, in queue order."""
+    rows = conn.execute(select(s.waiters).order_by(s.waiters.c.id))
+    return [_ticket_record(row) for row in rows]
+
+
+def held_counts(conn: Connection) -> dict[ModelKey, int]:
+    """Leases per model."""
+    query = select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
+        s.leases.c.provider, s.leases.c.model
+    )
+    return {ModelKey(provider, model): count for provider, model, count in conn.execute(query)}
+
+
+def queue(conn: Connection) -> list[tuple[int, ModelKey]]:
+    """(ticket, key) for every waiter, in queue order."""
+    query = select(s.waiters.c.id, s.waiters.c.provider, s.waiters.c.model).order_by(
+        s.waiters.c.id
+    )
+    return [(ticket, ModelKey(provider, model)) for ticket, provider, model in conn.execute(query)]
+
+
+def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow]) -> Snapshot:
+    """Limits, lease counts, queue and cap, as of this transaction."""
+    return Snapshot(
+        limits={key: row.limit for key, row in rows.items()},
+        held=held_counts(conn),
+        queue=queue(conn),
+        cap=max_agents(conn),
+    )
+
+
+# --- reaping -----------------------------------------------------------------------------------
+
+
+def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
+    """Delete leases and tickets that expired or whose holder is provably dead.
+
+    Only rows that expired or were written on this host identity are examined: a holder on
+    another host can be judged by its expiry alone. Needs a write transaction.
+    """
+    removed: list[Removed] = []
+    verdicts: dict[tuple[int, float], bool] = {}
+
+    def dead(pid: int, pid_start: float) -> bool:
+        if (pid, pid_start) not in verdicts:
+            verdicts[(pid, pid_start)] = is_provably_dead(
+                holder_host=my_host, pid=pid, pid_start=pid_start
+            )
+        return verdicts[(pid, pid_start)]
+
+    for kind, table in (("lease", s.leases), ("ticket", s.waiters)):
+        query = select(
+            table.c.id, table.c.provider, table.c.model, table.c.pid, table.c.pid_start,
+            table.c.hostname, table.c.holder, table.c.expires_ts,
+        ).where((table.c.expires_ts < now) | (table.c.host_id == my_host))
+        doomed: list[int] = []
+        for row in conn.execute(query):
+            if row.expires_ts < now:
+                reason = "expired"
+            elif dead(row.pid, row.pid_start):
+                reason = "holder dead"
+            else:
+                continue
+            doomed.append(row.id)
+            removed.append(
+                Removed(kind, row.id, ModelKey(row.provider, row.model), row.pid, row.hostname,
+                        row.holder, reason)
+            )
+        if doomed:
+            conn.execute(delete(table).where(table.c.id.in_(doomed)))
+    return removed
+
+
+# --- claiming ----------------------------------------------------------------------------------
+
+
+def _decide(
+    request: ClaimRequest, rows: dict[ModelKey, ModelRow], snap: Snapshot, ticket: int | None
+) -> tuple[Verdict | None, list[Verdict], str]:
+    if request.fallback:
+        candidates = plan(request.primary, request.chain, rows)
+    else:
+        via: Via = "queue" if ticket is not None else "primary"
+        candidates = [Candidate(request.primary, via, True, "the requested model")]
+    global_ok, global_reason = snap.global_verdict(ticket)
+    verdicts: list[Verdict] = []
+    for candidate in candidates:
+        if not candidate.eligible:
+            verdicts.append(Verdict(candidate, False, candidate.reason))
+            continue
+        ok, reason = snap.model_verdict(candidate.key, ticket)
+        if ok and not global_ok:
+            ok, reason = False, global_reason
+        verdict = Verdict(candidate, ok, reason)
+        verdicts.append(verdict)
+        if ok:
+            return verdict, verdicts, global_reason
+        if not global_ok:
+            break  # no candidate can get past a full global cap
+    return None, verdicts, global_reason
+
+
+def claim(
+    conn: Connection,
+    request: ClaimRequest,
+    now: float,
+    demand: Callable[[ModelKey], ModelRow],
+) -> ClaimResult:
+    """Grant a lease on the first candidate with room, or queue/keep a ticket. Write transaction.
+
+    Reaping happens only when nothing could be granted, and is followed by a second decision:
+    an uncontended acquire never pays for it.
+    """
+    rows = read_models(conn)
+    ensure_models(conn, rows, (request.primary, *request.chain), demand)
+    snap = snapshot(conn, rows)
+    ticket = request.ticket
+    requeued = False
+    if ticket is not None and all(ticket != queued for queued, _ in snap.queue):
+        ticket, requeued = None, True  # our ticket was reaped while we were stalled
+
+    granted, verdicts, global_reason = _decide(request, rows, snap, ticket)
+    reaped: list[Removed] = []
+    if granted is None:
+        reaped = reap(conn, now, my_host=request.holder.host_id)
+        if reaped:
+            snap = snapshot(conn, rows)
+            if ticket is not None and all(ticket != queued for queued, _ in snap.queue):
+                ticket, requeued = None, True
+            granted, verdicts, global_reason = _decide(request, rows, snap, ticket)
+
+    result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued)
+    if granted is not None:
+        result.lease = _insert_lease(conn, request, granted.candidate, now)
+        if ticket is not None:
+            conn.execute(delete(s.waiters).where(s.waiters.c.id == ticket))
+            result.ticket = None
+    elif ticket is None and (request.enqueue or requeued):
+        result.ticket = enqueue(conn, request, now)
+    return result
+
+
+def explain(
+    conn: Connection,
+    primary: ModelKey,
+    chain: Sequence[ModelKey],
+    demand: Callable[[ModelKey], ModelRow],
+) -> tuple[list[Verdict], str]:
+    """Every candidate with its verdict for a fresh request, without writing anything."""
+    rows = read_models(conn)
+    for key in (primary, *chain):
+        rows.setdefault(key, demand(key))
+    snap = snapshot(conn, rows)
+    global_ok, global_reason = snap.global_verdict(None)
+    verdicts: list[Verdict] = []
+    for candidate in plan(primary, chain, rows):
+        if not candidate.eligible:
+            verdicts.append(Verdict(candidate, False, candidate.reason))
+            continue
+        ok, reason = snap.model_verdict(candidate.key, None)
+        if ok and not global_ok:
+            ok, reason = False, f"{reason}, but {global_reason}"
+        verdicts.append(Verdict(candidate, ok, reason))
+    return verdicts, global_reason
+
+
+def _insert_lease(
+    conn: Connection, request: ClaimRequest, candidate: Candidate, now: float
+) -> LeaseRecord:
+    holder = request.holder
+    expires = now + request.ttl
+    values = {
+        "token": request.token,
+        "provider": candidate.key.provider,
+        "model": candidate.key.model,
+        "primary_provider": request.primary.provider,
+        "primary_model": request.primary.model,
+        "via": candidate.via,
+        "holder": request.label,
+        "pid": holder.pid,
+        "pid_start": holder.pid_start,
+        "host_id": holder.host_id,
+        "hostname": holder.hostname,
+        "owner": request.owner,
+        "acquired_at": utc_text(now),
+        "expires_at": utc_text(expires),
+        "acquired_ts": now,
+        "expires_ts": expires,
+    }
+    lease_id = conn.execute(insert(s.leases).values(values)).inserted_primary_key[0]
+    return LeaseRecord(
+        id=int(lease_id), token=request.token, key=candidate.key, primary=request.primary,
+        via=candidate.via, holder=request.label, pid=holder.pid, pid_start=holder.pid_start,
+        host_id=holder.host_id, hostname=holder.hostname, owner=request.owner,
+        acquired_ts=now, expires_ts=expires,
+    )
+
+
+def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
+    """Queue a ticket for the request's primary; returns the ticket. Write transaction."""
+    holder = request.holder
+    expires = now + request.ttl
+    values = {
+        "token": request.ticket_token,
+        "provider": request.primary.provider,
+        "model": request.primary.model,
+        "holder": request.label,
+        "pid": holder.pid,
+        "pid_start": holder.pid_start,
+        "host_id": holder.host_id,
+        "hostname": holder.hostname,
+        "owner": request.owner,
+        "enqueued_at": utc_text(now),
+        "expires_at": utc_text(expires),
+        "enqueued_ts": now,
+        "expires_ts": expires,
+    }
+    return int(conn.execute(insert(s.waiters).values(values)).inserted_primary_key[0])
+
+
+# --- releasing and renewing --------------------------------------------------------------------
+
+
+def release(conn: Connection, lease_id: int, token: str) -> bool:
+    """Delete one lease by id and token; False when it was already gone (reclaimed)."""
+    query = delete(s.leases).where((s.leases.c.id == lease_id) & (s.leases.c.token == token))
+    return conn.execute(query).rowcount > 0
+
+
+def dequeue(conn: Connection, ticket_token: str) -> bool:
+    """Remove a ticket by its token; False when it was already gone."""
+    return conn.execute(delete(s.waiters).where(s.waiters.c.token == ticket_token)).rowcount > 0
+
+
+def discard(conn: Connection, *, lease_token: str, ticket_token: str) -> None:
+    """Remove whatever an interrupted acquire may have left: its lease and its ticket."""
+    conn.execute(delete(s.leases).where(s.leases.c.token == lease_token))
+    conn.execute(delete(s.waiters).where(s.waiters.c.token == ticket_token))
+
+
+def release_owner(conn: Connection, owner: str) -> tuple[int, int]:
+    """Delete every lease and ticket of one Limiter instance; returns (leases, tickets)."""
+    leases = conn.execute(delete(s.leases).where(s.leases.c.owner == owner)).rowcount
+    tickets = conn.execute(delete(s.waiters).where(s.waiters.c.owner == owner)).rowcount
+    return leases, tickets
+
+
+def renew(
+    conn: Connection, owner: str, now: float, ttl: float, lease_ids: Collection[int]
+) -> set[int]:
+    """Extend every lease and ticket of ``owner`` by ``ttl``, one statement per table.
+
+    ``lease_ids`` are the leases the caller believes it holds; the ones no longer stored (reaped
+    after expiring) are returned so the caller can mark them lost. Needs a write transaction.
+    """
+    values = {"expires_ts": now + ttl, "expires_at": utc_text(now + ttl)}
+    conn.execute(update(s.waiters).where(s.waiters.c.owner == owner).values(values))
+    if not lease_ids:
+        return set()
+    renewed = conn.execute(update(s.leases).where(s.leases.c.owner == owner).values(values))
+    if renewed.rowcount >= len(lease_ids):
+        return set()
+    present = conn.execute(select(s.leases.c.id).where(s.leases.c.owner == owner)).scalars()
+    return set(lease_ids) - set(present)

@@ -1,0 +1,99 @@
+"""Shared fixtures: databases on tmp_path, configs, a fake clock, and the hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from collet_limiter import Config, Limiter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=150, deadline=None)
+settings.register_profile(
+    "long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's env variables or writes to their state directory."""
+    for name in ("COLLET_LIMITER_DB", "COLLET_LIMITER_CONFIG", "COLLET_COLLAB_MAX_AGENTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+class FakeClock:
+    """A wall clock the test moves by hand; leases expire only when it says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "limiter.db"
+
+
+def make_config(**data: Any) -> Config:
+    """A Config from keyword sections, as a TOML file would give them."""
+    return Config.model_validate(data)
+
+
+SMALL: dict[str, Any] = {
+    "collaboration": {"max_agents": 10},
+    "models": [
+        {"name": "glm-5", "concurrency_limit": 1},
+        {"name": "glm-4.7", "concurrency_limit": 1},
+        {"name": "glm-4.7-flash", "concurrency_limit": 1},
+        {"name": "sonnet", "concurrency_limit": 1, "cost_tier": "standard"},
+    ],
+    "providers": [
+        {"name": "zai", "models": ["glm-5", "glm-4.7", "glm-4.7-flash"]},
+        {"name": "claude", "cli": "claude", "models": ["sonnet"]},
+    ],
+}
+
+
+@pytest.fixture
+def small_config() -> Config:
+    """Four models of limit 1: zai glm-5 (premium), glm-4.7, glm-4.7-flash; the claude CLI."""
+    return make_config(**SMALL)
+
+
+@pytest.fixture
+def open_limiter(db: Path, clock: FakeClock) -> Iterator[Callable[..., Limiter]]:
+    """Open Limiters on the test database (with the fake clock); all closed afterwards."""
+    opened: list[Limiter] = []
+
+    def factory(config: Config | None = None, **kwargs: Any) -> Limiter:
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("poll_interval", 0.002)
+        kwargs.setdefault("max_poll_interval", 0.05)
+        limiter = Limiter(kwargs.pop("path", db), config=config or Config(), **kwargs)
+        opened.append(limiter)
+        return limiter
+
+    yield factory
+    for limiter in opened:
+        limiter.close()

@@ -1,0 +1,416 @@
+"""The Limiter's rules on a real SQLite file, in one process (fake clock where time matters)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from collet_limiter import (
+    AcquireTimeout,
+    Acquired,
+    Config,
+    ConfigError,
+    InvalidKeyError,
+    LimiterClosedError,
+    ModelKey,
+    QueueWait,
+)
+
+from .conftest import SMALL, make_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from collet_limiter import Limiter
+
+    from .conftest import FakeClock
+
+    Open = Callable[..., Limiter]
+
+GLM5, GLM47, FLASH, SONNET = (
+    ModelKey("zai", "glm-5"),
+    ModelKey("zai", "glm-4.7"),
+    ModelKey("zai", "glm-4.7-flash"),
+    ModelKey("claude", "sonnet"),
+)
+
+
+def rows(db: Path, query: str) -> list[tuple[object, ...]]:
+    """Read the database the way an operator would: plain sqlite3."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_acquire_grants_the_primary_and_release_frees_it(open_limiter: Open, small_config: Config) -> None:
+    limiter = open_limiter(small_config)
+    with limiter.acquire(GLM5, holder="agent-7") as lease:
+        assert (lease.key, lease.primary, lease.via, lease.holder) == (GLM5, GLM5, "primary", "agent-7")
+        assert [info.key for info in limiter.leases()] == [GLM5]
+    assert lease.released and limiter.leases() == []
+
+
+def test_strings_are_accepted_for_keys_and_chains(open_limiter: Open, small_config: Config) -> None:
+    limiter = open_limiter(small_config)
+    first = limiter.acquire("zai/glm-5")
+    second = limiter.acquire_with_fallback("zai/glm-5", "x/chain-a, junk")
+    assert isinstance(second, Acquired) and second.lease.key == ModelKey("x", "chain-a")
+    first.release()
+
+
+def test_a_full_primary_falls_back_in_order_chain_capability_cli(
+    open_limiter: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(**{**SMALL, "models": [*SMALL["models"], {"name": "chain-a", "concurrency_limit": 1}]})
+    limiter = open_limiter(config)
+    chain = [ModelKey("x", "chain-a")]
+    caplog.set_level(logging.DEBUG, logger="collet_limiter")
+    granted = []
+    for _ in range(4):
+        result = limiter.acquire_with_fallback(GLM5, chain)
+        assert isinstance(result, Acquired)
+        granted.append((str(result.lease.key), result.lease.via))
+    assert granted == [
+        ("zai/glm-5", "primary"),
+        ("x/chain-a", "chain"),
+        ("zai/glm-4.7", "capability"),  # one tier down; glm-4.7-flash is two
+        ("claude/sonnet", "cli"),
+    ]
+    result = limiter.acquire_with_fallback(GLM5, chain)
+    assert result == QueueWait(GLM5, "full (1/1 held)")
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("DEBUG", "zai/glm-5: primary not available (full (1/1 held))") in messages
+    assert any(level == "INFO" and "falling back to claude/sonnet via cli" in text for level, text in messages)
+    assert any(level == "WARNING" and "all 5 candidates exhausted" in text for level, text in messages)
+
+
+def test_a_full_global_cap_returns_queue_wait_at_once(open_limiter: Open) -> None:
+    limiter = open_limiter(make_config(collaboration={"max_agents": 2}))
+    limiter.acquire("a/x")
+    limiter.acquire("b/y")
+    result = limiter.acquire_with_fallback("c/z", ["d/w"])
+    assert isinstance(result, QueueWait) and result.key == ModelKey("c", "z")
+    assert result.reason == "global cap full (2/2 held)"
+
+
+def test_a_lease_holds_its_global_slot_until_released(open_limiter: Open) -> None:
+    limiter = open_limiter(make_config(collaboration={"max_agents": 1}))
+    lease = limiter.acquire("a/x")
+    assert isinstance(limiter.acquire_with_fallback("b/y"), QueueWait)
+    lease.release()
+    assert isinstance(limiter.acquire_with_fallback("b/y"), Acquired)
+
+
+def test_acquire_wait_times_out_and_leaves_no_ticket(open_limiter: Open, small_config: Config, db: Path) -> None:
+    limiter = open_limiter(small_config)
+    limiter.acquire(GLM5)
+    started = time.monotonic()
+    with pytest.raises(AcquireTimeout, match="no permit for zai/glm-5 within 0.1s") as info:
+        limiter.acquire_wait(GLM5, timeout=0.1)
+    assert time.monotonic() - started >= 0.1
+    assert isinstance(info.value, TimeoutError) and info.value.key == GLM5
+    assert rows(db, "select count(*) from waiters") == [(0,)]
+    with pytest.raises(AcquireTimeout):
+        limiter.acquire_wait(GLM5, timeout=0)
+    assert rows(db, "select count(*) from waiters") == [(0,)]
+
+
+def test_acquire_wait_does_not_fall_back(open_limiter: Open, small_config: Config) -> None:
+    limiter = open_limiter(small_config)
+    limiter.acquire(GLM5)
+    with pytest.raises(AcquireTimeout):
+        limiter.acquire_wait(GLM5, timeout=0.05)
+
+
+def test_a_waiter_gets_the_slot_when_it_is_released(open_limiter: Open, small_config: Config) -> None:
+    limiter, other = open_limiter(small_config), open_limiter(small_config)
+    held = other.acquire(GLM5)
+    timer = threading.Timer(0.1, held.release)
+    timer.start()
+    lease = limiter.acquire_wait(GLM5, timeout=5)
+    timer.join()
+    assert (lease.key, lease.via) == (GLM5, "queue")
+
+
+def test_acquire_queues_for_the_primary_when_every_candidate_is_full(open_limiter: Open) -> None:
+    limiter = open_limiter(make_config(models=[{"name": "m", "concurrency_limit": 1}]))
+    held, _other = limiter.acquire("p/m"), limiter.acquire("q/m")
+    threading.Timer(0.1, held.release).start()
+    lease = limiter.acquire("p/m", ["q/m"], timeout=5)
+    assert (str(lease.key), lease.via) == ("p/m", "queue")
+
+
+def test_waiters_are_served_in_ticket_order(open_limiter: Open, small_config: Config) -> None:
+    limiter = open_limiter(small_config)
+    held = limiter.acquire(GLM5)
+    order: list[int] = []
+    threads = []
+    for index in range(4):
+        def wait(index: int = index) -> None:
+            with limiter.acquire_wait(GLM5, timeout=10):
+                order.append(index)
+                time.sleep(0.01)
+        thread = threading.Thread(target=wait)
+        thread.start()
+        threads.append(thread)
+        while len(limiter.waiters()) < index + 1:
+            time.sleep(0.002)
+    held.release()
+    for thread in threads:
+        thread.join(10)
+    assert order == [0, 1, 2, 3]
+
+
+def _slow_waiter(limiter: Limiter, key: ModelKey | str) -> tuple[threading.Thread, list[object]]:
+    """Start a thread blocked in acquire_wait; returns once its ticket is queued."""
+    got: list[object] = []
+
+    def wait() -> None:
+        try:
+            got.append(limiter.acquire_wait(key, timeout=10))
+        except BaseException as exc:  # reported by the test's assertion on `got`
+            got.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    while not limiter.waiters():
+        time.sleep(0.002)
+    return thread, got
+
+
+# A waiter polling every second leaves a window after each release in which a fresh request
+# could steal the slot if fairness did not stop it.
+SLOW = {"poll_interval": 1.0, "max_poll_interval": 1.0}
+
+
+def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
+    open_limiter: Open, small_config: Config
+) -> None:
+    waiter, fresh = open_limiter(small_config, **SLOW), open_limiter(small_config)
+    fresh.acquire(GLM5)
+    held = fresh.acquire(GLM47)
+    thread, got = _slow_waiter(waiter, GLM47)
+    held.release()
+    fresh.acquire(FLASH)  # so that glm-4.7's own fallback (flash, one tier down) is full too
+    assert fresh.explain(GLM47).candidates[0].reason == "1 free but 1 waiter(s) queued ahead (0/1 held)"
+    as_primary = fresh.acquire_with_fallback(GLM47)
+    assert isinstance(as_primary, Acquired) and as_primary.lease.key == SONNET  # the CLI, not glm-4.7
+    as_fallback = fresh.acquire_with_fallback(GLM5, [GLM47])
+    assert as_fallback == QueueWait(GLM5, "full (1/1 held)")
+    thread.join(10)
+    assert [lease.key for lease in got] == [GLM47]  # type: ignore[attr-defined]
+
+
+def test_the_last_global_slot_goes_to_the_oldest_waiter_whose_model_has_room(open_limiter: Open) -> None:
+    config = make_config(collaboration={"max_agents": 2})
+    waiter, fresh = open_limiter(config, **SLOW), open_limiter(config)
+    first = fresh.acquire("p/a")
+    fresh.acquire("p/b")
+    thread, got = _slow_waiter(waiter, "p/c")
+    first.release()
+    result = fresh.acquire_with_fallback("p/d")
+    assert isinstance(result, QueueWait)
+    assert result.reason == "global cap: 1 free but 1 earlier waiter(s) can use them"
+    thread.join(10)
+    assert [lease.key for lease in got] == [ModelKey("p", "c")]  # type: ignore[attr-defined]
+
+
+def test_an_expired_lease_is_reclaimed_when_room_is_needed_and_its_holder_learns_it_is_lost(
+    open_limiter: Open, small_config: Config, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder, taker = open_limiter(small_config, lease_ttl=30), open_limiter(small_config)
+    lease = holder.acquire(GLM5)
+    assert isinstance(taker.acquire_with_fallback(GLM5, [GLM47]), Acquired)  # glm-4.7 via chain
+    clock.advance(29)
+    assert taker.acquire_with_fallback(GLM5).lease.key != GLM5  # type: ignore[union-attr]
+    clock.advance(2)  # past the TTL: the lease is reclaimable
+    result = taker.acquire_with_fallback(GLM5)
+    assert isinstance(result, Acquired) and result.lease.key == GLM5
+    caplog.set_level(logging.WARNING, logger="collet_limiter")
+    assert holder.renew() == [lease]
+    assert lease.lost and lease.released
+    assert "was lost" in caplog.text
+    lease.release()  # a no-op: it must not release the new holder's lease
+    assert [info.key for info in taker.leases()].count(GLM5) == 1
+
+
+def test_renewal_extends_every_lease_of_the_limiter(open_limiter: Open, clock: FakeClock) -> None:
+    limiter = open_limiter(lease_ttl=10)
+    a, b = limiter.acquire("p/a"), limiter.acquire("p/b")
+    clock.advance(8)
+    assert limiter.renew() == []
+    assert a.expires_at.timestamp() == pytest.approx(clock.now + 10)
+    assert {info.expires_at for info in limiter.leases()} == {a.expires_at, b.expires_at}
+    clock.advance(8)  # 16 s after acquisition, but renewed at 8
+    other = open_limiter(make_config(models=[{"name": "a", "concurrency_limit": 1}]))
+    assert isinstance(other.acquire_with_fallback("p/a"), QueueWait)
+
+
+def test_release_is_idempotent(open_limiter: Open) -> None:
+    limiter = open_limiter()
+    lease = limiter.acquire("p/a")
+    lease.release()
+    lease.release()
+    assert limiter.leases() == []
+
+
+def test_a_stale_handle_cannot_release_someone_elses_lease(open_limiter: Open, db: Path) -> None:
+    limiter = open_limiter()
+    lease = limiter.acquire("p/a")
+    with sqlite3.connect(db) as conn:
+        conn.execute("update leases set token = 'someone-else'")
+    lease.release()
+    assert lease.lost
+    assert rows(db, "select count(*) from leases") == [(1,)]
+
+
+def test_close_releases_this_limiters_leases_and_tickets_only(open_limiter: Open, db: Path) -> None:
+    mine, theirs = open_limiter(), open_limiter()
+    theirs_lease = theirs.acquire("p/a")
+    mine.acquire("p/b")
+    mine.acquire("p/c")
+    mine.close()
+    assert [info.id for info in theirs.leases()] == [theirs_lease.id]
+    with pytest.raises(LimiterClosedError):
+        mine.acquire("p/a")
+    mine.close()  # idempotent
+
+
+def test_close_wakes_a_blocked_waiter(open_limiter: Open, small_config: Config, db: Path) -> None:
+    limiter = open_limiter(small_config)
+    limiter.acquire(GLM5)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            limiter.acquire_wait(GLM5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    while not limiter.waiters():
+        time.sleep(0.002)
+    limiter.close()
+    thread.join(5)
+    assert errors and isinstance(errors[0], LimiterClosedError)
+    assert rows(db, "select count(*) from waiters") == [(0,)]
+
+
+def test_the_tables_show_who_holds_what_to_plain_sqlite(open_limiter: Open, small_config: Config, db: Path) -> None:
+    limiter = open_limiter(small_config)
+    limiter.acquire(GLM5, holder="agent-7")
+    assert rows(db, "SELECT provider, model, pid, holder FROM leases") == [
+        ("zai", "glm-5", os.getpid(), "agent-7")
+    ]
+    (acquired_at, expires_at), = rows(db, "SELECT acquired_at, expires_at FROM leases")
+    assert str(acquired_at).endswith("Z") and "T" in str(expires_at)
+    assert rows(db, "SELECT value FROM meta WHERE key = 'max_agents'") == [("10",)]
+
+
+def test_the_connection_pragmas_took_effect(open_limiter: Open) -> None:
+    from collet_limiter._engine import pragmas
+
+    limiter = open_limiter(make_config(limiter={"busy_timeout_ms": 1234}))
+    with limiter._check().connect() as conn:  # noqa: SLF001
+        assert pragmas(conn) == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 1234}
+
+
+def test_models_are_seeded_from_config_and_added_on_demand(open_limiter: Open, small_config: Config, db: Path) -> None:
+    limiter = open_limiter(small_config)
+    seeded = rows(db, "select provider, model, concurrency_limit, cost_tier, supports_tool_use, is_cli, position from models order by position")
+    assert seeded == [
+        ("zai", "glm-5", 1, "premium", 1, 0, 0),
+        ("zai", "glm-4.7", 1, "standard", 1, 0, 1),
+        ("zai", "glm-4.7-flash", 1, "cheap", 1, 0, 2),
+        ("claude", "sonnet", 1, "standard", 1, 1, 3),
+    ]
+    limiter.acquire("other/glm-5")
+    assert rows(db, "select concurrency_limit, position from models where provider = 'other'") == [(1, None)]
+    assert limiter.resolve_limit("other/glm-5") == 1
+    assert limiter.resolve_limit("new/qwen-turbo") == 8
+
+
+def test_the_last_config_written_is_what_every_process_obeys(
+    open_limiter: Open, small_config: Config, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = open_limiter(small_config)
+    first.acquire("other/thing")
+    caplog.set_level(logging.WARNING, logger="collet_limiter")
+    changed = dict(SMALL, models=[{"name": "glm-5", "concurrency_limit": 2}, {"name": "thing", "concurrency_limit": 7}])
+    open_limiter(make_config(**changed))
+    assert "held another config" in caplog.text
+    assert first.resolve_limit(GLM5) == 2  # the first limiter reads the new row
+    assert first.resolve_limit("other/thing") == 7  # rows added on demand are recomputed
+    assert rows(db, "select value from meta where key = 'max_agents'") == [("10",)]
+    first.acquire(GLM5)
+    assert isinstance(first.acquire_with_fallback(GLM5), Acquired)
+
+
+def test_reopening_with_the_same_config_writes_nothing(open_limiter: Open, small_config: Config, db: Path) -> None:
+    open_limiter(small_config)
+    before = rows(db, "select value from meta where key = 'config_written_at'")
+    open_limiter(small_config)
+    assert rows(db, "select value from meta where key = 'config_written_at'") == before
+
+
+def test_explain_lists_every_candidate_with_a_reason(open_limiter: Open, small_config: Config) -> None:
+    limiter = open_limiter(small_config)
+    limiter.acquire(GLM5)
+    explanation = limiter.explain(GLM5)
+    assert [(str(c.key), c.via, c.has_room) for c in explanation.candidates] == [
+        ("zai/glm-5", "primary", False),
+        ("zai/glm-4.7", "capability", True),
+        ("zai/glm-4.7-flash", "capability", False),
+        ("claude/sonnet", "cli", True),
+    ]
+    assert explanation.choice is not None and explanation.choice.key == GLM47
+    assert explanation.candidates[0].reason == "full (1/1 held)"
+    assert "premium or one below" in explanation.candidates[2].reason
+
+
+def test_bad_arguments_are_clear_errors(open_limiter: Open) -> None:
+    limiter = open_limiter()
+    with pytest.raises(InvalidKeyError, match="invalid primary model 'glm-5'"):
+        limiter.acquire("glm-5")
+    with pytest.raises(ConfigError, match="timeout must be >= 0"):
+        limiter.acquire("p/m", timeout=-1)
+    with pytest.raises(ConfigError, match="lease_ttl must be > 0"):
+        open_limiter(lease_ttl=0)
+    with pytest.raises(ConfigError, match="in-memory SQLite"):
+        open_limiter(path="sqlite://")
+
+
+def test_reprs_show_live_state(open_limiter: Open, db: Path) -> None:
+    limiter = open_limiter()
+    lease = limiter.acquire("p/m", holder="me")
+    assert repr(limiter) == f"<Limiter {db} holding 1, waiting 0>"
+    assert repr(lease) == f"<Lease {lease.id} p/m via primary holder='me' held>"
+    lease.release()
+    assert repr(lease).endswith("released>")
+
+
+def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(open_limiter: Open, db: Path) -> None:
+    limiter = open_limiter()
+    lease = limiter.acquire("p/m")
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            lease.release()  # inherited: stays the parent's
+            child_lease = limiter.acquire("p/other")
+            child_lease.release()
+            limiter.close()  # releases only what the child holds
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [info.id for info in limiter.leases()] == [lease.id]
+    assert not lease.released
