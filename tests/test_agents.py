@@ -19,7 +19,7 @@ A, B = ModelKey("zai", "glm-5"), ModelKey("openrouter", "anthropic/claude-sonnet
     [
         "providers: zai/glm-5, openrouter/anthropic/claude-sonnet-4",
         "providers: [zai/glm-5, 'openrouter/anthropic/claude-sonnet-4']",
-        "providers:\n  - zai/glm-5\n  - \"openrouter/anthropic/claude-sonnet-4\"  # fallback",
+        'providers:\n  - zai/glm-5\n  - "openrouter/anthropic/claude-sonnet-4"  # fallback',
         "name: coder\ndescription: writes code\nproviders: zai/glm-5,openrouter/anthropic/claude-sonnet-4\ntools: [read]",
     ],
 )
@@ -39,7 +39,9 @@ def test_a_file_without_frontmatter_or_providers_has_an_empty_chain(tmp_path: Pa
 def test_a_bad_entry_is_an_error_naming_the_file_and_the_entry(tmp_path: Path) -> None:
     path = tmp_path / "bad.md"
     path.write_text("---\nproviders: zai/glm-5, glm-4.7\n---\n")
-    with pytest.raises(InvalidKeyError, match=r"bad.md: providers: 'glm-4.7' is not 'provider/model'"):
+    with pytest.raises(
+        InvalidKeyError, match=r"bad.md: providers: 'glm-4.7' is not 'provider/model'"
+    ):
         load_agent_chain(path)
 
 

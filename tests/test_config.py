@@ -147,9 +147,15 @@ def test_a_named_but_missing_file_is_an_error(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("[collaboration\nmax_agents = 1", r"config.toml: invalid TOML: .*line 1"),
-        ("[collaboration]\nmax_agents = 0\n", r"collaboration.max_agents: .*greater than or equal to 1 \(got 0\)"),
+        (
+            "[collaboration]\nmax_agents = 0\n",
+            r"collaboration.max_agents: .*greater than or equal to 1 \(got 0\)",
+        ),
         ("[collaboration]\nmax_agents = 'three'\n", r"collaboration.max_agents: .*\(got 'three'\)"),
-        ("[[models]]\nname = 'glm-5'\nconcurrency_limit = 0\n", r"models\[0\].concurrency_limit: .*\(got 0\)"),
+        (
+            "[[models]]\nname = 'glm-5'\nconcurrency_limit = 0\n",
+            r"models\[0\].concurrency_limit: .*\(got 0\)",
+        ),
         ("[[models]]\nname = 'glm-5'\nconcurrency_limit = -3\n", r"models\[0\].concurrency_limit"),
         ("[[models]]\nname = 'x'\ncost_tier = 'gold'\n", r"models\[0\].cost_tier: .*'gold'"),
         ("[[models]]\nname = '/x'\n", r"models\[0\].name: .*neither a model name"),
@@ -171,7 +177,9 @@ def test_bad_config_errors_name_the_file_the_key_path_and_the_value(
 
 
 def test_unknown_keys_outside_limiter_are_accepted(tmp_path: Path) -> None:
-    path = write(tmp_path, "[agent]\nfoo = 1\n[collaboration]\nextra = true\n[[models]]\nname='m'\nx=1\n")
+    path = write(
+        tmp_path, "[agent]\nfoo = 1\n[collaboration]\nextra = true\n[[models]]\nname='m'\nx=1\n"
+    )
     config = load_config(path)
     assert config.agent == {"foo": 1}
     assert config.collaboration.extra is True
@@ -185,7 +193,9 @@ def test_configs_are_frozen_and_have_a_readable_repr() -> None:
 
 
 def test_the_default_database_lives_in_the_state_directory(tmp_path: Path) -> None:
-    assert default_db_path({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "collet-limiter/limiter.db"
+    assert (
+        default_db_path({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "collet-limiter/limiter.db"
+    )
     assert str(default_db_path({})).endswith(".local/state/collet-limiter/limiter.db")
 
 

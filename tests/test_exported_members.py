@@ -1,8 +1,8 @@
 """The public API is exactly what __init__ exports."""
 
 from __future__ import annotations
-
 import __future__
+
 import pickle
 
 import collet_limiter
@@ -17,9 +17,22 @@ from collet_limiter import (
 )
 
 REQUIRED = {
-    "ModelKey", "parse_providers_chain", "CostTier", "ModelProfile", "profile_for",
-    "default_concurrency", "Config", "load_config", "load_agent_chain", "Limiter",
-    "Lease", "Acquired", "QueueWait", "LimiterError", "ConfigError", "AcquireTimeout",
+    "ModelKey",
+    "parse_providers_chain",
+    "CostTier",
+    "ModelProfile",
+    "profile_for",
+    "default_concurrency",
+    "Config",
+    "load_config",
+    "load_agent_chain",
+    "Limiter",
+    "Lease",
+    "Acquired",
+    "QueueWait",
+    "LimiterError",
+    "ConfigError",
+    "AcquireTimeout",
 }
 
 
@@ -48,10 +61,17 @@ def test_errors_form_one_tree_with_the_matching_builtins() -> None:
     assert issubclass(AcquireTimeout, LimiterError) and issubclass(AcquireTimeout, TimeoutError)
     assert issubclass(ConfigError, LimiterError) and issubclass(ConfigError, ValueError)
     assert issubclass(InvalidKeyError, ConfigError)
-    assert issubclass(DatabaseUnavailableError, StorageError) and issubclass(DatabaseUnavailableError, OSError)
+    assert issubclass(DatabaseUnavailableError, StorageError) and issubclass(
+        DatabaseUnavailableError, OSError
+    )
 
 
 def test_errors_survive_pickling_with_their_context() -> None:
     error = AcquireTimeout("no permit", key=ModelKey("a", "b"), timeout=1.5)
     copy = pickle.loads(pickle.dumps(error))
-    assert (type(copy), str(copy), copy.key, copy.timeout) == (AcquireTimeout, "no permit", error.key, 1.5)
+    assert (type(copy), str(copy), copy.key, copy.timeout) == (
+        AcquireTimeout,
+        "no permit",
+        error.key,
+        1.5,
+    )

@@ -8,7 +8,9 @@ from collet_limiter._fallback import ModelRow, plan
 P, S, C = CostTier.PREMIUM, CostTier.STANDARD, CostTier.CHEAP
 
 
-def row(key: str, tier: CostTier, *, tools: bool = True, cli: bool = False, pos: int | None = None) -> ModelRow:
+def row(
+    key: str, tier: CostTier, *, tools: bool = True, cli: bool = False, pos: int | None = None
+) -> ModelRow:
     parsed = ModelKey.parse(key)
     assert parsed is not None
     return ModelRow(parsed, 1, tier, tools, cli, pos)
@@ -24,7 +26,9 @@ def k(text: str) -> ModelKey:
     return key
 
 
-def order(primary: str, chain: list[str], table: dict[ModelKey, ModelRow]) -> list[tuple[str, str, bool]]:
+def order(
+    primary: str, chain: list[str], table: dict[ModelKey, ModelRow]
+) -> list[tuple[str, str, bool]]:
     return [(str(c.key), c.via, c.eligible) for c in plan(k(primary), [k(x) for x in chain], table)]
 
 
@@ -55,7 +59,9 @@ def test_primary_then_chain_then_capability_then_cli() -> None:
 
 
 def test_the_chain_skips_the_primary_and_repeats() -> None:
-    assert [c[0] for c in order("zai/glm-5", ["zai/glm-5", "x/chain-a", "x/chain-a"], TABLE)][:2] == [
+    assert [c[0] for c in order("zai/glm-5", ["zai/glm-5", "x/chain-a", "x/chain-a"], TABLE)][
+        :2
+    ] == [
         "zai/glm-5",
         "x/chain-a",
     ]

@@ -17,7 +17,9 @@ def test_parse_splits_provider_and_model() -> None:
 
 
 def test_parse_splits_at_the_first_slash_only() -> None:
-    assert ModelKey.parse("openrouter/anthropic/claude") == ModelKey("openrouter", "anthropic/claude")
+    assert ModelKey.parse("openrouter/anthropic/claude") == ModelKey(
+        "openrouter", "anthropic/claude"
+    )
 
 
 def test_parse_trims_both_halves() -> None:
@@ -39,7 +41,10 @@ def test_chain_of_three() -> None:
 
 
 def test_chain_skips_invalid_items_silently() -> None:
-    assert parse_providers_chain("a/b, nonsense, , /x, c/d") == [ModelKey("a", "b"), ModelKey("c", "d")]
+    assert parse_providers_chain("a/b, nonsense, , /x, c/d") == [
+        ModelKey("a", "b"),
+        ModelKey("c", "d"),
+    ]
 
 
 def test_keys_are_frozen_hashable_and_ordered() -> None:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from collet_limiter import (
-    AcquireTimeout,
     Acquired,
+    AcquireTimeout,
     Config,
     ConfigError,
     InvalidKeyError,
@@ -48,10 +48,17 @@ def rows(db: Path, query: str) -> list[tuple[object, ...]]:
         return conn.execute(query).fetchall()
 
 
-def test_acquire_grants_the_primary_and_release_frees_it(open_limiter: Open, small_config: Config) -> None:
+def test_acquire_grants_the_primary_and_release_frees_it(
+    open_limiter: Open, small_config: Config
+) -> None:
     limiter = open_limiter(small_config)
     with limiter.acquire(GLM5, holder="agent-7") as lease:
-        assert (lease.key, lease.primary, lease.via, lease.holder) == (GLM5, GLM5, "primary", "agent-7")
+        assert (lease.key, lease.primary, lease.via, lease.holder) == (
+            GLM5,
+            GLM5,
+            "primary",
+            "agent-7",
+        )
         assert [info.key for info in limiter.leases()] == [GLM5]
     assert lease.released and limiter.leases() == []
 
@@ -67,7 +74,9 @@ def test_strings_are_accepted_for_keys_and_chains(open_limiter: Open, small_conf
 def test_a_full_primary_falls_back_in_order_chain_capability_cli(
     open_limiter: Open, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = make_config(**{**SMALL, "models": [*SMALL["models"], {"name": "chain-a", "concurrency_limit": 1}]})
+    config = make_config(
+        **{**SMALL, "models": [*SMALL["models"], {"name": "chain-a", "concurrency_limit": 1}]}
+    )
     limiter = open_limiter(config)
     chain = [ModelKey("x", "chain-a")]
     caplog.set_level(logging.DEBUG, logger="collet_limiter")
@@ -86,8 +95,13 @@ def test_a_full_primary_falls_back_in_order_chain_capability_cli(
     assert result == QueueWait(GLM5, "full (1/1 held)")
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert ("DEBUG", "zai/glm-5: primary not available (full (1/1 held))") in messages
-    assert any(level == "INFO" and "falling back to claude/sonnet via cli" in text for level, text in messages)
-    assert any(level == "WARNING" and "all 5 candidates exhausted" in text for level, text in messages)
+    assert any(
+        level == "INFO" and "falling back to claude/sonnet via cli" in text
+        for level, text in messages
+    )
+    assert any(
+        level == "WARNING" and "all 5 candidates exhausted" in text for level, text in messages
+    )
 
 
 def test_a_full_global_cap_returns_queue_wait_at_once(open_limiter: Open) -> None:
@@ -107,7 +121,9 @@ def test_a_lease_holds_its_global_slot_until_released(open_limiter: Open) -> Non
     assert isinstance(limiter.acquire_with_fallback("b/y"), Acquired)
 
 
-def test_acquire_wait_times_out_and_leaves_no_ticket(open_limiter: Open, small_config: Config, db: Path) -> None:
+def test_acquire_wait_times_out_and_leaves_no_ticket(
+    open_limiter: Open, small_config: Config, db: Path
+) -> None:
     limiter = open_limiter(small_config)
     limiter.acquire(GLM5)
     started = time.monotonic()
@@ -128,7 +144,9 @@ def test_acquire_wait_does_not_fall_back(open_limiter: Open, small_config: Confi
         limiter.acquire_wait(GLM5, timeout=0.05)
 
 
-def test_a_waiter_gets_the_slot_when_it_is_released(open_limiter: Open, small_config: Config) -> None:
+def test_a_waiter_gets_the_slot_when_it_is_released(
+    open_limiter: Open, small_config: Config
+) -> None:
     limiter, other = open_limiter(small_config), open_limiter(small_config)
     held = other.acquire(GLM5)
     timer = threading.Timer(0.1, held.release)
@@ -152,10 +170,12 @@ def test_waiters_are_served_in_ticket_order(open_limiter: Open, small_config: Co
     order: list[int] = []
     threads = []
     for index in range(4):
+
         def wait(index: int = index) -> None:
             with limiter.acquire_wait(GLM5, timeout=10):
                 order.append(index)
                 time.sleep(0.01)
+
         thread = threading.Thread(target=wait)
         thread.start()
         threads.append(thread)
@@ -198,16 +218,23 @@ def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
     thread, got = _slow_waiter(waiter, GLM47)
     held.release()
     fresh.acquire(FLASH)  # so that glm-4.7's own fallback (flash, one tier down) is full too
-    assert fresh.explain(GLM47).candidates[0].reason == "1 free but 1 waiter(s) queued ahead (0/1 held)"
+    assert (
+        fresh.explain(GLM47).candidates[0].reason
+        == "1 free but 1 waiter(s) queued ahead (0/1 held)"
+    )
     as_primary = fresh.acquire_with_fallback(GLM47)
-    assert isinstance(as_primary, Acquired) and as_primary.lease.key == SONNET  # the CLI, not glm-4.7
+    assert (
+        isinstance(as_primary, Acquired) and as_primary.lease.key == SONNET
+    )  # the CLI, not glm-4.7
     as_fallback = fresh.acquire_with_fallback(GLM5, [GLM47])
     assert as_fallback == QueueWait(GLM5, "full (1/1 held)")
     thread.join(10)
     assert [lease.key for lease in got] == [GLM47]  # type: ignore[attr-defined]
 
 
-def test_the_last_global_slot_goes_to_the_oldest_waiter_whose_model_has_room(open_limiter: Open) -> None:
+def test_the_last_global_slot_goes_to_the_oldest_waiter_whose_model_has_room(
+    open_limiter: Open,
+) -> None:
     config = make_config(collaboration={"max_agents": 2})
     waiter, fresh = open_limiter(config, **SLOW), open_limiter(config)
     first = fresh.acquire("p/a")
@@ -303,13 +330,15 @@ def test_close_wakes_a_blocked_waiter(open_limiter: Open, small_config: Config, 
     assert rows(db, "select count(*) from waiters") == [(0,)]
 
 
-def test_the_tables_show_who_holds_what_to_plain_sqlite(open_limiter: Open, small_config: Config, db: Path) -> None:
+def test_the_tables_show_who_holds_what_to_plain_sqlite(
+    open_limiter: Open, small_config: Config, db: Path
+) -> None:
     limiter = open_limiter(small_config)
     limiter.acquire(GLM5, holder="agent-7")
     assert rows(db, "SELECT provider, model, pid, holder FROM leases") == [
         ("zai", "glm-5", os.getpid(), "agent-7")
     ]
-    (acquired_at, expires_at), = rows(db, "SELECT acquired_at, expires_at FROM leases")
+    ((acquired_at, expires_at),) = rows(db, "SELECT acquired_at, expires_at FROM leases")
     assert str(acquired_at).endswith("Z") and "T" in str(expires_at)
     assert rows(db, "SELECT value FROM meta WHERE key = 'max_agents'") == [("10",)]
 
@@ -318,13 +347,18 @@ def test_the_connection_pragmas_took_effect(open_limiter: Open) -> None:
     from collet_limiter._engine import pragmas
 
     limiter = open_limiter(make_config(limiter={"busy_timeout_ms": 1234}))
-    with limiter._check().connect() as conn:  # noqa: SLF001
+    with limiter._check().connect() as conn:
         assert pragmas(conn) == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 1234}
 
 
-def test_models_are_seeded_from_config_and_added_on_demand(open_limiter: Open, small_config: Config, db: Path) -> None:
+def test_models_are_seeded_from_config_and_added_on_demand(
+    open_limiter: Open, small_config: Config, db: Path
+) -> None:
     limiter = open_limiter(small_config)
-    seeded = rows(db, "select provider, model, concurrency_limit, cost_tier, supports_tool_use, is_cli, position from models order by position")
+    seeded = rows(
+        db,
+        "select provider, model, concurrency_limit, cost_tier, supports_tool_use, is_cli, position from models order by position",
+    )
     assert seeded == [
         ("zai", "glm-5", 1, "premium", 1, 0, 0),
         ("zai", "glm-4.7", 1, "standard", 1, 0, 1),
@@ -332,7 +366,9 @@ def test_models_are_seeded_from_config_and_added_on_demand(open_limiter: Open, s
         ("claude", "sonnet", 1, "standard", 1, 1, 3),
     ]
     limiter.acquire("other/glm-5")
-    assert rows(db, "select concurrency_limit, position from models where provider = 'other'") == [(1, None)]
+    assert rows(db, "select concurrency_limit, position from models where provider = 'other'") == [
+        (1, None)
+    ]
     assert limiter.resolve_limit("other/glm-5") == 1
     assert limiter.resolve_limit("new/qwen-turbo") == 8
 
@@ -343,7 +379,13 @@ def test_the_last_config_written_is_what_every_process_obeys(
     first = open_limiter(small_config)
     first.acquire("other/thing")
     caplog.set_level(logging.WARNING, logger="collet_limiter")
-    changed = dict(SMALL, models=[{"name": "glm-5", "concurrency_limit": 2}, {"name": "thing", "concurrency_limit": 7}])
+    changed = dict(
+        SMALL,
+        models=[
+            {"name": "glm-5", "concurrency_limit": 2},
+            {"name": "thing", "concurrency_limit": 7},
+        ],
+    )
     open_limiter(make_config(**changed))
     assert "held another config" in caplog.text
     assert first.resolve_limit(GLM5) == 2  # the first limiter reads the new row
@@ -353,14 +395,18 @@ def test_the_last_config_written_is_what_every_process_obeys(
     assert isinstance(first.acquire_with_fallback(GLM5), Acquired)
 
 
-def test_reopening_with_the_same_config_writes_nothing(open_limiter: Open, small_config: Config, db: Path) -> None:
+def test_reopening_with_the_same_config_writes_nothing(
+    open_limiter: Open, small_config: Config, db: Path
+) -> None:
     open_limiter(small_config)
     before = rows(db, "select value from meta where key = 'config_written_at'")
     open_limiter(small_config)
     assert rows(db, "select value from meta where key = 'config_written_at'") == before
 
 
-def test_explain_lists_every_candidate_with_a_reason(open_limiter: Open, small_config: Config) -> None:
+def test_explain_lists_every_candidate_with_a_reason(
+    open_limiter: Open, small_config: Config
+) -> None:
     limiter = open_limiter(small_config)
     limiter.acquire(GLM5)
     explanation = limiter.explain(GLM5)
@@ -396,7 +442,9 @@ def test_reprs_show_live_state(open_limiter: Open, db: Path) -> None:
     assert repr(lease).endswith("released>")
 
 
-def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(open_limiter: Open, db: Path) -> None:
+def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(
+    open_limiter: Open, db: Path
+) -> None:
     limiter = open_limiter()
     lease = limiter.acquire("p/m")
     pid = os.fork()

@@ -45,7 +45,9 @@ def test_opening_an_up_to_date_database_does_not_import_alembic(db: Path) -> Non
         "import sys; from collet_limiter import Limiter; Limiter(sys.argv[1]).close(); "
         "print('alembic' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(db)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -53,16 +55,22 @@ def test_a_database_from_a_newer_schema_is_a_clear_error(db: Path) -> None:
     Limiter(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute("update alembic_version set version_num = '0099_future'")
-    with pytest.raises(SchemaVersionError, match="'0099_future', written by a newer collet-limiter"):
+    with pytest.raises(
+        SchemaVersionError, match="'0099_future', written by a newer collet-limiter"
+    ):
         Limiter(db)
     with sqlite3.connect(db) as conn:  # nothing stored was touched
-        assert conn.execute("select version_num from alembic_version").fetchall() == [("0099_future",)]
+        assert conn.execute("select version_num from alembic_version").fetchall() == [
+            ("0099_future",)
+        ]
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error_and_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are my notes, not a database\n" * 100)
-    with pytest.raises(DatabaseCorruptError, match="notes.db is not a usable collet-limiter database"):
+    with pytest.raises(
+        DatabaseCorruptError, match="notes.db is not a usable collet-limiter database"
+    ):
         Limiter(path)
     assert path.read_text().startswith("these are my notes")
 
@@ -88,8 +96,20 @@ def test_a_database_path_that_is_a_directory_is_a_clear_error(tmp_path: Path) ->
 def test_the_migrations_ship_inside_the_wheel(tmp_path: Path) -> None:
     """Build the wheel, open a new database from the unpacked wheel alone (no checkout)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("collet_limiter-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -104,8 +124,12 @@ def test_the_migrations_ship_inside_the_wheel(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(unpacked)}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "w.db")], cwd=tmp_path, env=env,
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code, str(tmp_path / "w.db")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     module_file, migrations = out.stdout.split()
     assert module_file.startswith(str(unpacked)) and migrations.startswith(str(unpacked))

@@ -102,7 +102,7 @@ class ProviderEntry(_Open):
         """Whether this provider runs a CLI agent rather than an API."""
         return bool(self.cli)
 
-    def keys(self) -> list[ModelKey]:
+    def model_keys(self) -> list[ModelKey]:
         """The provider's models as keys; a provider listing none is keyed ``name/name``."""
         return [ModelKey(self.name, model) for model in (self.models or (self.name,))]
 
@@ -205,7 +205,7 @@ class Config(_Open):
         """The rows the providers define, in config order: the fallback engine's candidates."""
         rows: list[ModelRow] = []
         for provider in self.providers:
-            for key in provider.keys():
+            for key in provider.model_keys():
                 if all(row.key != key for row in rows):
                     rows.append(self.row(key, position=len(rows), is_cli=provider.is_cli))
         return rows
@@ -241,7 +241,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise config_error(exc, source=source) from None
-    config._source = source  # noqa: SLF001 - set once, right after validation
+    config._source = source
     return config
 
 
@@ -253,7 +253,9 @@ def read_config_file(path: str | os.PathLike[str]) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found", path=source) from None
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read config file: {exc.strerror}", path=source) from None
+        raise ConfigError(
+            f"{source}: cannot read config file: {exc.strerror}", path=source
+        ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

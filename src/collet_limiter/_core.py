@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log: Final = logging.getLogger("collet_limiter")
 
+
 def _positive(name: str, value: float | None, default: float) -> float:
     if value is None:
         return default
@@ -126,7 +127,8 @@ class Core:
             log.warning(
                 "%s: this waiter's ticket had expired (process stalled longer than the lease TTL "
                 "of %ss); queued again at the back",
-                request.primary, self.ttl,
+                request.primary,
+                self.ttl,
             )
         if not request.fallback:
             if result.lease is None:
@@ -141,12 +143,18 @@ class Core:
             verdict = next(v for v in result.verdicts if v.granted)
             log.info(
                 "%s: falling back to %s via %s (%s; primary: %s)",
-                request.primary, lease.key, lease.via, verdict.candidate.reason, primary_reason,
+                request.primary,
+                lease.key,
+                lease.via,
+                verdict.candidate.reason,
+                primary_reason,
             )
         else:
             log.warning(
                 "%s: all %d candidates exhausted (%s); %s",
-                request.primary, len(result.verdicts), result.global_reason or primary_reason,
+                request.primary,
+                len(result.verdicts),
+                result.global_reason or primary_reason,
                 "queueing for the primary" if request.enqueue else "returning QueueWait",
             )
 
@@ -159,7 +167,12 @@ def log_reaped(removed: Removed) -> None:
     """Log one reclaimed lease or ticket."""
     log.info(
         "reclaimed %s %d on %s of pid %d on %s (%s)",
-        removed.kind, removed.id, removed.key, removed.pid, removed.hostname, removed.reason,
+        removed.kind,
+        removed.id,
+        removed.key,
+        removed.pid,
+        removed.hostname,
+        removed.reason,
     )
 
 

@@ -36,8 +36,26 @@ WRITE_OPTION: Final = "collet_limiter_write"
 
 # Filesystems on which SQLite's WAL mode (shared memory, POSIX locks) is unsafe.
 NETWORK_FILESYSTEMS: Final = frozenset(
-    {"nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "sshfs", "fuse.sshfs", "9p", "afs", "ceph",
-     "glusterfs", "fuse.glusterfs", "lustre", "davfs", "fuse.s3fs", "gcsfuse", "fuse.gcsfuse"}
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smbfs",
+        "smb3",
+        "sshfs",
+        "fuse.sshfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "lustre",
+        "davfs",
+        "fuse.s3fs",
+        "gcsfuse",
+        "fuse.gcsfuse",
+    }
 )
 
 
@@ -100,7 +118,8 @@ def prepare_sqlite_file(path: Path, *, create_dir: bool) -> None:
         if path.exists():
             if path.is_dir():
                 raise DatabaseUnavailableError(
-                    f"cannot use database {path}: it is a directory", path=str(path),
+                    f"cannot use database {path}: it is a directory",
+                    path=str(path),
                     reason="is a directory",
                 )
             return

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -79,7 +79,7 @@ class DatabaseCorruptError(StorageError):
 
 
 class SchemaVersionError(StorageError):
-    """The database was written by a newer collet-limiter whose schema this version does not know."""
+    """The database was written by a newer collet-limiter, with a schema this one does not know."""
 
 
 def _driver_message(exc: BaseException) -> str:
@@ -87,56 +87,63 @@ def _driver_message(exc: BaseException) -> str:
     return str(orig if orig is not None else exc)
 
 
+# (substrings of the driver's message, error class, what to tell the user); first match wins.
+_DRIVER_MESSAGES: Final[tuple[tuple[tuple[str, ...], type[StorageError], str], ...]] = (
+    (
+        ("locked", "busy"),
+        DatabaseBusyError,
+        (
+            "database {path} stayed locked by another process beyond the busy timeout; raise "
+            "[limiter] busy_timeout_ms or find the process holding a long transaction"
+        ),
+    ),
+    (
+        ("not a database", "malformed", "corrupt"),
+        DatabaseCorruptError,
+        (
+            "{path} is not a usable collet-limiter database ({text}); point --db or "
+            "COLLET_LIMITER_DB at another file, or move this one away"
+        ),
+    ),
+    (
+        ("readonly", "read-only"),
+        DatabaseUnavailableError,
+        "database {path} is read-only ({text}); make the file and its directory writable",
+    ),
+    (
+        ("disk is full", "disk full"),
+        DatabaseUnavailableError,
+        "cannot write database {path}: the disk is full; free space and retry",
+    ),
+    (
+        ("unable to open", "disk i/o", "no such"),
+        DatabaseUnavailableError,
+        (
+            "cannot open database {path} ({text}); check that its directory exists and is "
+            "writable, and that the file was not deleted"
+        ),
+    ),
+)
+
+
 def storage_error_from(exc: BaseException, *, path: str) -> StorageError:
     """The public error for a driver or OS error raised while using the database at ``path``."""
-    text = _driver_message(exc)
-    lowered = text.lower()
     if isinstance(exc, OSError) and not isinstance(exc, LimiterError):
-        reason = exc.strerror or str(exc)
-        if exc.errno == errno.ENOSPC:
-            reason = "the disk is full"
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
         return DatabaseUnavailableError(
             f"cannot use database {path}: {reason}", path=path, reason=reason
         )
-    if "locked" in lowered or "busy" in lowered:
-        return DatabaseBusyError(
-            f"database {path} stayed locked by another process beyond the busy timeout; "
-            "raise [limiter] busy_timeout_ms or find the process holding a long transaction",
-            path=path,
-            reason=text,
-        )
-    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
-        return DatabaseCorruptError(
-            f"{path} is not a usable collet-limiter database ({text}); "
-            "point --db/COLLET_LIMITER_DB at another file or move this one away",
-            path=path,
-            reason=text,
-        )
-    if "readonly" in lowered or "read-only" in lowered:
-        return DatabaseUnavailableError(
-            f"database {path} is read-only ({text}); make the file and its directory writable",
-            path=path,
-            reason=text,
-        )
-    if "disk is full" in lowered or "disk full" in lowered:
-        return DatabaseUnavailableError(
-            f"cannot write database {path}: the disk is full; free space and retry",
-            path=path,
-            reason=text,
-        )
-    if "unable to open" in lowered or "disk i/o" in lowered or "no such" in lowered:
-        return DatabaseUnavailableError(
-            f"cannot open database {path} ({text}); check that the directory exists and is "
-            "writable, and that the file was not deleted",
-            path=path,
-            reason=text,
-        )
+    text = _driver_message(exc)
+    lowered = text.lower()
+    for needles, cls, template in _DRIVER_MESSAGES:
+        if any(needle in lowered for needle in needles):
+            return cls(template.format(path=path, text=text), path=path, reason=text)
     return StorageError(f"database {path}: {text}", path=path, reason=text)
 
 
 @contextlib.contextmanager
 def translate_driver_errors(path: str) -> Iterator[None]:
-    """Re-raise sqlite3, SQLAlchemy and OS errors from the block as the matching ``StorageError``."""
+    """Re-raise sqlite3, SQLAlchemy and OS errors from the block as the matching StorageError."""
     from sqlalchemy import exc as sa_exc
 
     try:

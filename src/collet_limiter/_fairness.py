@@ -60,7 +60,8 @@ class Snapshot:
         return sum(
             1
             for other, key in self.queue
-            if (ticket is None or other < ticket) and key in self.limits
+            if (ticket is None or other < ticket)
+            and key in self.limits
             and self.model_has_room(key, other)
         )
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from ._profiles import CostTier
-
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from ._keys import ModelKey
+    from ._profiles import CostTier
 
 Via = Literal["primary", "chain", "capability", "cli", "queue"]
 
@@ -72,12 +71,14 @@ def plan(
     ``rows`` must hold a row for the primary and each chain entry, and every config row.
     """
     primary_row = rows[primary]
-    out = [Candidate(primary, "primary", True, "the requested model")]
+    out = [Candidate(primary, "primary", eligible=True, reason="the requested model")]
     seen = {primary}
     for index, key in enumerate(chain, start=1):
         if key not in seen:
             seen.add(key)
-            out.append(Candidate(key, "chain", True, f"fallback chain entry {index}"))
+            out.append(
+                Candidate(key, "chain", eligible=True, reason=f"fallback chain entry {index}")
+            )
 
     configured = sorted(
         (row for row in rows.values() if row.position is not None),
@@ -87,7 +88,7 @@ def plan(
         if not row.is_cli and row.key not in seen:
             seen.add(row.key)
             eligible, reason = _capability_reason(primary_row, row)
-            out.append(Candidate(row.key, "capability", eligible, reason))
+            out.append(Candidate(row.key, "capability", eligible=eligible, reason=reason))
 
     cli_providers: set[str] = set()
     for row in configured:
@@ -98,7 +99,8 @@ def plan(
             continue
         seen.add(row.key)
         if primary_row.supports_tool_use and not row.supports_tool_use:
-            out.append(Candidate(row.key, "cli", False, f"no tool use, which {primary} needs"))
+            reason, eligible = f"no tool use, which {primary} needs", False
         else:
-            out.append(Candidate(row.key, "cli", True, "CLI provider"))
+            reason, eligible = "CLI provider", True
+        out.append(Candidate(row.key, "cli", eligible=eligible, reason=reason))
     return out

@@ -30,6 +30,7 @@ from ._keys import ModelKey, coerce_chain, coerce_key
 from ._migrate import ensure_schema
 from ._results import (
     Acquired,
+    CandidateReport,
     Explanation,
     LeaseInfo,
     ModelStatus,
@@ -37,12 +38,11 @@ from ._results import (
     Reaped,
     Status,
     TicketInfo,
-    CandidateReport,
 )
 from ._store import utc_datetime
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
     from datetime import datetime
     from types import TracebackType
 
@@ -125,7 +125,7 @@ class Lease:
         self._released = True
         if self._pid != os.getpid():
             return  # inherited across fork(): the lease stays the parent's
-        self._limiter._release(self)  # noqa: SLF001 - the lease's own limiter
+        self._limiter._release(self)
 
     def __enter__(self) -> Lease:
         return self
@@ -219,7 +219,7 @@ class Limiter:
         with engine.connect() as conn:
             with read_transaction(conn):
                 current = _store.stored_fingerprint(conn)
-            if current == core.fingerprint:
+            if current == core.fingerprint:  # the usual case: no write lock taken
                 return
             with write_transaction(conn):
                 wrote = _store.write_config(
@@ -235,7 +235,8 @@ class Limiter:
             log.warning(
                 "%s: the database held another config; wrote %s (the last config written is "
                 "what every process obeys)",
-                core.display, core.config.source or "the built-in defaults",
+                core.display,
+                core.config.source or "the built-in defaults",
             )
 
     def _after_fork(self) -> None:
@@ -258,6 +259,17 @@ class Limiter:
             raise LimiterClosedError(f"Limiter on {self._core.display} is closed")
         return self._engine
 
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool, engine: Engine | None = None) -> Iterator[Connection]:
+        """A connection inside one transaction, with driver errors translated."""
+        begin = write_transaction if write else read_transaction
+        with (
+            translate_driver_errors(self._core.display),
+            (engine or self._check()).connect() as conn,
+            begin(conn),
+        ):
+            yield conn
+
     def close(self) -> None:
         """Stop the heartbeat and release every lease and ticket this Limiter holds. Idempotent."""
         with self._lock:
@@ -270,12 +282,11 @@ class Limiter:
             heartbeat.join()
         if self._core.pid == os.getpid():
             try:
-                with translate_driver_errors(self._core.display), self._engine.connect() as conn:
-                    with write_transaction(conn):
-                        _store.release_owner(conn, self._core.owner)
+                with self._transaction(write=True, engine=self._engine) as conn:
+                    _store.release_owner(conn, self._core.owner)
             finally:
                 for lease in list(self._leases.values()):
-                    lease._released = True  # noqa: SLF001
+                    lease._released = True
                 self._leases.clear()
                 self._engine.dispose()
         _LIVE.discard(self)
@@ -292,7 +303,9 @@ class Limiter:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"holding {len(self._leases)}, waiting {self._waiting}"
+        state = (
+            "closed" if self._closed else f"holding {len(self._leases)}, waiting {self._waiting}"
+        )
         return f"<Limiter {self._core.display} {state}>"
 
     @property
@@ -397,7 +410,7 @@ class Limiter:
                         queued = True
                         self._waiting_changed(+1)
                     request = self._core.with_ticket(request, result)
-                    version = self._wait_for_change(conn, version, deadline)
+                    version = self._wait_for_turn(conn, request, version, deadline)
                     result = self._claim(conn, request)
                 return self._adopt(result.lease)
         except BaseException:
@@ -408,12 +421,17 @@ class Limiter:
             if queued:
                 self._waiting_changed(-1)
 
-    def _wait_for_change(self, conn: Connection, version: int, deadline: float | None) -> int:
-        """Sleep until another connection commits, ``max_poll_interval`` passes, or the deadline.
+    def _wait_for_turn(
+        self, conn: Connection, request: ClaimRequest, version: int, deadline: float | None
+    ) -> int:
+        """Sleep until this waiter could be granted, ``max_poll_interval`` passes, or the deadline.
 
-        Returns the data_version to compare against after the next claim attempt. The version
-        is read before the attempt, so a commit landing between the read and the attempt only
-        causes one spare attempt, never a missed wake-up.
+        Every ``poll_interval`` it reads ``PRAGMA data_version``; when another connection has
+        committed it looks, without a lock, whether its ticket would now be granted. Every
+        ``max_poll_interval`` it returns regardless, so that a claim can reap expired leases and
+        dead holders, which change nothing by themselves. The version is read before each look,
+        so a commit landing in between costs one spare look, never a missed wake-up. Returns
+        the version to compare against next time.
         """
         core = self._core
         started = monotonic()
@@ -421,18 +439,27 @@ class Limiter:
             now = monotonic()
             if deadline is not None and now >= deadline:
                 return version
-            delay = core.poll_interval if deadline is None else min(core.poll_interval, deadline - now)
+            delay = (
+                core.poll_interval if deadline is None else min(core.poll_interval, deadline - now)
+            )
             if self._closing.wait(delay):
                 raise LimiterClosedError(f"Limiter on {core.display} was closed while waiting")
             current = data_version(conn)
-            if current != version or monotonic() - started >= core.max_poll_interval:
+            if monotonic() - started >= core.max_poll_interval:
                 return current
+            if current != version:
+                version = current
+                with read_transaction(conn):
+                    if _store.could_grant(conn, request):
+                        return version
 
     def _discard(self, request: ClaimRequest) -> None:
         # Whatever was interrupted (timeout, Ctrl-C, close), leave no ticket and no unowned lease.
-        with contextlib.suppress(Exception), self._engine.connect() as conn:
-            with write_transaction(conn):
-                _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
+        with (
+            contextlib.suppress(Exception),
+            self._transaction(write=True, engine=self._engine) as conn,
+        ):
+            _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
 
     def _waiting_changed(self, delta: int) -> None:
         with self._lock:
@@ -458,11 +485,10 @@ class Limiter:
             self._leases.pop(lease.id, None)
         if lease.lost:
             return
-        with translate_driver_errors(self._core.display), self._check().connect() as conn:
-            with write_transaction(conn):
-                released = _store.release(conn, lease.id, lease._record.token)  # noqa: SLF001
+        with self._transaction(write=True) as conn:
+            released = _store.release(conn, lease.id, lease._record.token)
         if not released:
-            lease._lost = True  # noqa: SLF001
+            lease._lost = True
             log.warning("%r was reclaimed before its release (it had expired)", lease)
 
     # --- heartbeat -----------------------------------------------------------------------------
@@ -470,7 +496,8 @@ class Limiter:
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None and not self._closed:
             self._heartbeat = threading.Thread(
-                target=self._beat, name=f"collet-limiter-heartbeat-{self._core.owner[:8]}",
+                target=self._beat,
+                name=f"collet-limiter-heartbeat-{self._core.owner[:8]}",
                 daemon=True,
             )
             self._heartbeat.start()
@@ -496,20 +523,21 @@ class Limiter:
         with self._lock:
             held = dict(self._leases)
         now = core.clock()
-        with translate_driver_errors(core.display), self._check().connect() as conn:
-            with write_transaction(conn):
-                lost_ids = _store.renew(conn, core.owner, now, core.ttl, held.keys())
+        with self._transaction(write=True) as conn:
+            lost_ids = _store.renew(conn, core.owner, now, core.ttl, held.keys())
         lost: list[Lease] = []
         with self._lock:
             for lease_id, lease in held.items():
                 if lease_id in lost_ids:
-                    lease._lost = True  # noqa: SLF001
-                    lease._released = True  # noqa: SLF001
+                    lease._lost = True
+                    lease._released = True
                     self._leases.pop(lease_id, None)
                     lost.append(lease)
                     log.warning(
                         "%r was lost: it expired and was reclaimed (the holder stalled longer "
-                        "than the lease TTL of %ss)", lease, core.ttl,
+                        "than the lease TTL of %ss)",
+                        lease,
+                        core.ttl,
                     )
                 else:
                     lease.expires_ts = now + core.ttl
@@ -518,9 +546,8 @@ class Limiter:
     # --- reading -------------------------------------------------------------------------------
 
     def _read(self, func: Callable[[Connection], Any]) -> Any:
-        with translate_driver_errors(self._core.display), self._check().connect() as conn:
-            with read_transaction(conn):
-                return func(conn)
+        with self._transaction(write=False) as conn:
+            return func(conn)
 
     def resolve_limit(self, key: ModelKey | str) -> int:
         """The limit in force for ``key``: its ``models`` row, else this config's rule."""
@@ -539,6 +566,7 @@ class Limiter:
 
     def status(self) -> Status:
         """The global cap and each model's limit, use and queue."""
+
         def read(conn: Connection) -> Status:
             rows = _store.read_models(conn)
             snap = _store.snapshot(conn, rows)
@@ -555,9 +583,13 @@ class Limiter:
                 waiting=len(snap.queue),
                 models=tuple(
                     ModelStatus(
-                        key=r.key, limit=r.limit, in_use=snap.held.get(r.key, 0),
-                        waiting=waiting.get(r.key, 0), cost_tier=r.cost_tier,
-                        supports_tool_use=r.supports_tool_use, is_cli=r.is_cli,
+                        key=r.key,
+                        limit=r.limit,
+                        in_use=snap.held.get(r.key, 0),
+                        waiting=waiting.get(r.key, 0),
+                        cost_tier=r.cost_tier,
+                        supports_tool_use=r.supports_tool_use,
+                        is_cli=r.is_cli,
                         configured=r.position is not None,
                     )
                     for r in ordered
@@ -587,9 +619,8 @@ class Limiter:
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now."""
         core = self._core
-        with translate_driver_errors(core.display), self._check().connect() as conn:
-            with write_transaction(conn):
-                removed = _store.reap(conn, core.clock(), my_host=core.holder.host_id)
+        with self._transaction(write=True) as conn:
+            removed = _store.reap(conn, core.clock(), my_host=core.holder.host_id)
         for item in removed:
             log_reaped(item)
         return [Reaped.from_removed(item) for item in removed]
@@ -597,7 +628,7 @@ class Limiter:
 
 def _after_fork_in_child() -> None:
     for limiter in list(_LIVE):
-        limiter._after_fork()  # noqa: SLF001
+        limiter._after_fork()
 
 
 def _close_all_at_exit() -> None:

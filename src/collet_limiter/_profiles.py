@@ -58,9 +58,9 @@ P: Final = CostTier.PREMIUM
 S: Final = CostTier.STANDARD
 C: Final = CostTier.CHEAP
 
-# (pattern, tier, tools). Family variants (mini, nano, flash, lite, haiku, air, small) get their own,
-# longer patterns so that they beat the family's base pattern; the short generic variant patterns
-# at the end catch families this table does not know.
+# (pattern, tier, tools). Family variants (mini, nano, flash, lite, haiku, air, small) get their
+# own, longer patterns so that they beat the family's base pattern; the short generic variant
+# patterns at the end catch families this table does not know.
 BUILTIN_PROFILES: Final[tuple[tuple[str, CostTier, bool], ...]] = (
     # Anthropic
     ("claude-opus*", P, True),

@@ -1,4 +1,4 @@
-"""The values the limiter hands back: outcomes of an acquire, and read-only views of the database."""
+"""What the limiter hands back: outcomes of an acquire, and read-only views of the database."""
 
 from __future__ import annotations
 
@@ -52,8 +52,14 @@ class LeaseInfo:
     def from_record(cls, record: LeaseRecord) -> LeaseInfo:
         """The public view of a stored lease (without its token)."""
         return cls(
-            id=record.id, key=record.key, primary=record.primary, via=record.via,
-            holder=record.holder, pid=record.pid, host=record.hostname, host_id=record.host_id,
+            id=record.id,
+            key=record.key,
+            primary=record.primary,
+            via=record.via,
+            holder=record.holder,
+            pid=record.pid,
+            host=record.hostname,
+            host_id=record.host_id,
             acquired_at=utc_datetime(record.acquired_ts),
             expires_at=utc_datetime(record.expires_ts),
         )
@@ -76,8 +82,12 @@ class TicketInfo:
     def from_record(cls, record: TicketRecord) -> TicketInfo:
         """The public view of a stored ticket (without its token)."""
         return cls(
-            id=record.id, key=record.key, holder=record.holder, pid=record.pid,
-            host=record.hostname, host_id=record.host_id,
+            id=record.id,
+            key=record.key,
+            holder=record.holder,
+            pid=record.pid,
+            host=record.hostname,
+            host_id=record.host_id,
             enqueued_at=utc_datetime(record.enqueued_ts),
             expires_at=utc_datetime(record.expires_ts),
         )
@@ -123,8 +133,13 @@ class Reaped:
     def from_removed(cls, removed: Removed) -> Reaped:
         """The public view of a reaped row."""
         return cls(
-            kind=removed.kind, id=removed.id, key=removed.key, pid=removed.pid,
-            host=removed.hostname, holder=removed.holder, reason=removed.reason,
+            kind=removed.kind,
+            id=removed.id,
+            key=removed.key,
+            pid=removed.pid,
+            host=removed.hostname,
+            holder=removed.holder,
+            reason=removed.reason,
         )
 
 
@@ -143,8 +158,11 @@ class CandidateReport:
         """The public view of one decision."""
         candidate = verdict.candidate
         return cls(
-            key=candidate.key, via=candidate.via, eligible=candidate.eligible,
-            has_room=verdict.granted, reason=verdict.reason,
+            key=candidate.key,
+            via=candidate.via,
+            eligible=candidate.eligible,
+            has_room=verdict.granted,
+            reason=verdict.reason,
         )
 
 

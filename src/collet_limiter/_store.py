@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from . import _schema as s
+from ._config import DEFAULT_MAX_AGENTS
 from ._fairness import Snapshot
 from ._fallback import Candidate, ModelRow, Via, plan
 from ._identity import is_provably_dead
@@ -23,9 +24,11 @@ from ._profiles import CostTier
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Sequence
 
-    from sqlalchemy.engine import Connection, Row
+    from sqlalchemy import Select, Table, Update
+    from sqlalchemy.engine import Connection, CursorResult, Row
 
     from ._identity import Holder
+
 
 def utc_text(ts: float) -> str:
     """Seconds since the epoch as readable UTC text: ``2026-11-27T23:07:55.123Z``."""
@@ -35,6 +38,54 @@ def utc_text(ts: float) -> str:
 def utc_datetime(ts: float) -> datetime:
     """Seconds since the epoch as an aware UTC datetime."""
     return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+# Statements are built once: SQLAlchemy then computes each one's cache key once, which makes an
+# execution about three times cheaper than building the statement on every call.
+_SELECT_MODELS: Final = select(s.models)
+_SELECT_META: Final = select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key"))
+_HELD: Final = select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
+    s.leases.c.provider, s.leases.c.model
+)
+_QUEUE: Final = select(s.waiters.c.id, s.waiters.c.provider, s.waiters.c.model).order_by(
+    s.waiters.c.id
+)
+_INSERT_MODELS: Final = insert(s.models)
+_INSERT_LEASE: Final = insert(s.leases)
+_INSERT_TICKET: Final = insert(s.waiters)
+_DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
+_RELEASE: Final = delete(s.leases).where(
+    (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
+)
+
+
+def _reapable(table: Table) -> Select[Any]:
+    return select(
+        table.c.id,
+        table.c.provider,
+        table.c.model,
+        table.c.pid,
+        table.c.pid_start,
+        table.c.hostname,
+        table.c.holder,
+        table.c.expires_ts,
+    ).where((table.c.expires_ts < bindparam("now")) | (table.c.host_id == bindparam("my_host")))
+
+
+_REAPABLE: Final = {"lease": _reapable(s.leases), "ticket": _reapable(s.waiters)}
+
+
+def _renew(table: Table) -> Update:
+    return (
+        update(table)
+        .where(table.c.owner == bindparam("renew_owner"))
+        .values(expires_ts=bindparam("new_expires_ts"), expires_at=bindparam("new_expires_at"))
+    )
+
+
+_RENEW_LEASES: Final = _renew(s.leases)
+_RENEW_TICKETS: Final = _renew(s.waiters)
+_OWNED_LEASE_IDS: Final = select(s.leases.c.id).where(s.leases.c.owner == bindparam("renew_owner"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +175,6 @@ class ClaimResult:
     requeued: bool = False  # the request's ticket had been reaped and was queued again
 
 
-def _key(row: Row[tuple[str, str]] | tuple[str, str]) -> ModelKey:
-    return ModelKey(row[0], row[1])
-
-
 def _model_row(row: Row[tuple[str, str, int, str, bool, bool, int | None]]) -> ModelRow:
     return ModelRow(
         key=ModelKey(row.provider, row.model),
@@ -156,10 +203,7 @@ def _row_values(row: ModelRow) -> dict[str, object]:
 
 def read_models(conn: Connection) -> dict[ModelKey, ModelRow]:
     """Every row of the ``models`` table."""
-    return {
-        model.key: model
-        for model in map(_model_row, conn.execute(select(s.models)))  # type: ignore[arg-type]
-    }
+    return {model.key: model for model in map(_model_row, conn.execute(_SELECT_MODELS))}
 
 
 def ensure_models(
@@ -168,10 +212,10 @@ def ensure_models(
     keys: Iterable[ModelKey],
     demand: Callable[[ModelKey], ModelRow],
 ) -> None:
-    """Add a row for each of ``keys`` the table lacks (in ``rows`` too). Needs a write transaction."""
+    """Add a row for each of ``keys`` the table lacks (and to ``rows``). Write transaction."""
     missing = {key: demand(key) for key in keys if key not in rows}
     if missing:
-        conn.execute(insert(s.models), [_row_values(row) for row in missing.values()])
+        conn.execute(_INSERT_MODELS, [_row_values(row) for row in missing.values()])
         rows.update(missing)
 
 
@@ -182,8 +226,8 @@ def read_meta(conn: Connection) -> dict[str, str]:
 
 def max_agents(conn: Connection) -> int:
     """The global cap in force (the last config written wins)."""
-    value = conn.execute(select(s.meta.c.value).where(s.meta.c.key == s.META_MAX_AGENTS)).scalar()
-    return int(value) if value is not None else 3
+    value = conn.execute(_SELECT_META, {"meta_key": s.META_MAX_AGENTS}).scalar()
+    return int(value) if value is not None else DEFAULT_MAX_AGENTS
 
 
 def write_config(
@@ -200,13 +244,10 @@ def write_config(
 
     Returns True when it wrote. Rows added on demand are kept, recomputed under the new config.
     """
-    current = conn.execute(
-        select(s.meta.c.value).where(s.meta.c.key == s.META_FINGERPRINT)
-    ).scalar()
-    if current == fingerprint:
+    if stored_fingerprint(conn) == fingerprint:
         return False
     demand_keys = [
-        _key(row)
+        ModelKey(row.provider, row.model)
         for row in conn.execute(
             select(s.models.c.provider, s.models.c.model).where(s.models.c.position.is_(None))
         )
@@ -230,9 +271,7 @@ def write_config(
 
 def stored_fingerprint(conn: Connection) -> str | None:
     """The fingerprint of the config last written to the database."""
-    value = conn.execute(
-        select(s.meta.c.value).where(s.meta.c.key == s.META_FINGERPRINT)
-    ).scalar()
+    value = conn.execute(_SELECT_META, {"meta_key": s.META_FINGERPRINT}).scalar()
     return None if value is None else str(value)
 
 
@@ -288,18 +327,12 @@ def list_tickets(conn: Connection) -> list[TicketRecord]:
 
 def held_counts(conn: Connection) -> dict[ModelKey, int]:
     """Leases per model."""
-    query = select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
-        s.leases.c.provider, s.leases.c.model
-    )
-    return {ModelKey(provider, model): count for provider, model, count in conn.execute(query)}
+    return {ModelKey(provider, model): count for provider, model, count in conn.execute(_HELD)}
 
 
 def queue(conn: Connection) -> list[tuple[int, ModelKey]]:
     """(ticket, key) for every waiter, in queue order."""
-    query = select(s.waiters.c.id, s.waiters.c.provider, s.waiters.c.model).order_by(
-        s.waiters.c.id
-    )
-    return [(ticket, ModelKey(provider, model)) for ticket, provider, model in conn.execute(query)]
+    return [(ticket, ModelKey(provider, model)) for ticket, provider, model in conn.execute(_QUEUE)]
 
 
 def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow]) -> Snapshot:
@@ -332,12 +365,8 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
         return verdicts[(pid, pid_start)]
 
     for kind, table in (("lease", s.leases), ("ticket", s.waiters)):
-        query = select(
-            table.c.id, table.c.provider, table.c.model, table.c.pid, table.c.pid_start,
-            table.c.hostname, table.c.holder, table.c.expires_ts,
-        ).where((table.c.expires_ts < now) | (table.c.host_id == my_host))
         doomed: list[int] = []
-        for row in conn.execute(query):
+        for row in conn.execute(_REAPABLE[kind], {"now": now, "my_host": my_host}):
             if row.expires_ts < now:
                 reason = "expired"
             elif dead(row.pid, row.pid_start):
@@ -346,8 +375,15 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
                 continue
             doomed.append(row.id)
             removed.append(
-                Removed(kind, row.id, ModelKey(row.provider, row.model), row.pid, row.hostname,
-                        row.holder, reason)
+                Removed(
+                    kind,
+                    row.id,
+                    ModelKey(row.provider, row.model),
+                    row.pid,
+                    row.hostname,
+                    row.holder,
+                    reason,
+                )
             )
         if doomed:
             conn.execute(delete(table).where(table.c.id.in_(doomed)))
@@ -364,17 +400,17 @@ def _decide(
         candidates = plan(request.primary, request.chain, rows)
     else:
         via: Via = "queue" if ticket is not None else "primary"
-        candidates = [Candidate(request.primary, via, True, "the requested model")]
+        candidates = [Candidate(request.primary, via, eligible=True, reason="the requested model")]
     global_ok, global_reason = snap.global_verdict(ticket)
     verdicts: list[Verdict] = []
     for candidate in candidates:
         if not candidate.eligible:
-            verdicts.append(Verdict(candidate, False, candidate.reason))
+            verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
             continue
         ok, reason = snap.model_verdict(candidate.key, ticket)
         if ok and not global_ok:
             ok, reason = False, global_reason
-        verdict = Verdict(candidate, ok, reason)
+        verdict = Verdict(candidate, granted=ok, reason=reason)
         verdicts.append(verdict)
         if ok:
             return verdict, verdicts, global_reason
@@ -391,8 +427,8 @@ def claim(
 ) -> ClaimResult:
     """Grant a lease on the first candidate with room, or queue/keep a ticket. Write transaction.
 
-    Reaping happens only when nothing could be granted, and is followed by a second decision:
-    an uncontended acquire never pays for it.
+    Reaping happens only when the primary could not be granted, and is followed by a second
+    decision: an uncontended acquire never pays for it.
     """
     rows = read_models(conn)
     ensure_models(conn, rows, (request.primary, *request.chain), demand)
@@ -404,7 +440,9 @@ def claim(
 
     granted, verdicts, global_reason = _decide(request, rows, snap, ticket)
     reaped: list[Removed] = []
-    if granted is None:
+    if granted is None or granted is not verdicts[0]:
+        # Something stood in the way of the primary: if it is dead or expired, reclaim it and
+        # decide again, so that a crashed holder never pushes a request onto a fallback.
         reaped = reap(conn, now, my_host=request.holder.host_id)
         if reaped:
             snap = snapshot(conn, rows)
@@ -416,11 +454,29 @@ def claim(
     if granted is not None:
         result.lease = _insert_lease(conn, request, granted.candidate, now)
         if ticket is not None:
-            conn.execute(delete(s.waiters).where(s.waiters.c.id == ticket))
+            conn.execute(_DELETE_TICKET, {"ticket_id": ticket})
             result.ticket = None
     elif ticket is None and (request.enqueue or requeued):
         result.ticket = enqueue(conn, request, now)
     return result
+
+
+def could_grant(conn: Connection, request: ClaimRequest) -> bool:
+    """Whether a queued request would be granted now, read without any lock.
+
+    Waiters call this when another process committed; only those it answers True for (or whose
+    ticket vanished) go on to ``claim`` and take the write lock. A False can be stale by the time
+    it is returned, which only delays the waiter until the next commit or periodic claim, and
+    the periodic claim is also what reaps dead holders.
+    """
+    rows = read_models(conn)
+    if request.primary not in rows:
+        return True  # the config was rewritten; let claim re-add the row
+    snap = snapshot(conn, rows)
+    ticket = request.ticket
+    if ticket is None or all(ticket != queued for queued, _ in snap.queue):
+        return True
+    return _decide(request, rows, snap, ticket)[0] is not None
 
 
 def explain(
@@ -438,13 +494,19 @@ def explain(
     verdicts: list[Verdict] = []
     for candidate in plan(primary, chain, rows):
         if not candidate.eligible:
-            verdicts.append(Verdict(candidate, False, candidate.reason))
+            verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
             continue
         ok, reason = snap.model_verdict(candidate.key, None)
         if ok and not global_ok:
             ok, reason = False, f"{reason}, but {global_reason}"
-        verdicts.append(Verdict(candidate, ok, reason))
+        verdicts.append(Verdict(candidate, granted=ok, reason=reason))
     return verdicts, global_reason
+
+
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _insert_lease(
@@ -470,12 +532,21 @@ def _insert_lease(
         "acquired_ts": now,
         "expires_ts": expires,
     }
-    lease_id = conn.execute(insert(s.leases).values(values)).inserted_primary_key[0]
+    lease_id = _inserted_id(conn.execute(_INSERT_LEASE, values))
     return LeaseRecord(
-        id=int(lease_id), token=request.token, key=candidate.key, primary=request.primary,
-        via=candidate.via, holder=request.label, pid=holder.pid, pid_start=holder.pid_start,
-        host_id=holder.host_id, hostname=holder.hostname, owner=request.owner,
-        acquired_ts=now, expires_ts=expires,
+        id=lease_id,
+        token=request.token,
+        key=candidate.key,
+        primary=request.primary,
+        via=candidate.via,
+        holder=request.label,
+        pid=holder.pid,
+        pid_start=holder.pid_start,
+        host_id=holder.host_id,
+        hostname=holder.hostname,
+        owner=request.owner,
+        acquired_ts=now,
+        expires_ts=expires,
     )
 
 
@@ -498,7 +569,7 @@ def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
         "enqueued_ts": now,
         "expires_ts": expires,
     }
-    return int(conn.execute(insert(s.waiters).values(values)).inserted_primary_key[0])
+    return _inserted_id(conn.execute(_INSERT_TICKET, values))
 
 
 # --- releasing and renewing --------------------------------------------------------------------
@@ -506,8 +577,7 @@ def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
 
 def release(conn: Connection, lease_id: int, token: str) -> bool:
     """Delete one lease by id and token; False when it was already gone (reclaimed)."""
-    query = delete(s.leases).where((s.leases.c.id == lease_id) & (s.leases.c.token == token))
-    return conn.execute(query).rowcount > 0
+    return conn.execute(_RELEASE, {"lease_id": lease_id, "lease_token": token}).rowcount > 0
 
 
 def dequeue(conn: Connection, ticket_token: str) -> bool:
@@ -536,12 +606,15 @@ def renew(
     ``lease_ids`` are the leases the caller believes it holds; the ones no longer stored (reaped
     after expiring) are returned so the caller can mark them lost. Needs a write transaction.
     """
-    values = {"expires_ts": now + ttl, "expires_at": utc_text(now + ttl)}
-    conn.execute(update(s.waiters).where(s.waiters.c.owner == owner).values(values))
+    params = {
+        "renew_owner": owner,
+        "new_expires_ts": now + ttl,
+        "new_expires_at": utc_text(now + ttl),
+    }
+    conn.execute(_RENEW_TICKETS, params)
     if not lease_ids:
         return set()
-    renewed = conn.execute(update(s.leases).where(s.leases.c.owner == owner).values(values))
-    if renewed.rowcount >= len(lease_ids):
+    if conn.execute(_RENEW_LEASES, params).rowcount >= len(lease_ids):
         return set()
-    present = conn.execute(select(s.leases.c.id).where(s.leases.c.owner == owner)).scalars()
+    present = conn.execute(_OWNED_LEASE_IDS, {"renew_owner": owner}).scalars()
     return set(lease_ids) - set(present)

