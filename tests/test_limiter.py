@@ -462,3 +462,15 @@ def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(
     assert os.waitstatus_to_exitcode(status) == 0
     assert [info.id for info in limiter.leases()] == [lease.id]
     assert not lease.released
+
+
+def test_leases_report_whether_their_holder_is_alive(open_limiter: Open, db: Path) -> None:
+    limiter = open_limiter()
+    limiter.acquire("p/a")
+    limiter.acquire("p/b")
+    with sqlite3.connect(db) as conn:
+        conn.execute("update leases set host_id = 'elsewhere' where model = 'b'")
+    assert [(info.key.model, info.holder_alive) for info in limiter.leases()] == [
+        ("a", True),
+        ("b", None),
+    ]

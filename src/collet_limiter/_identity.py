@@ -141,6 +141,13 @@ def is_provably_dead(*, holder_host: str, pid: int, pid_start: float) -> bool:
     return start is None or start != pid_start
 
 
+def holder_alive(*, holder_host: str, pid: int, pid_start: float) -> bool | None:
+    """True or False for a holder on this host identity; None when it cannot be known here."""
+    if holder_host != host_id():
+        return None
+    return not is_provably_dead(holder_host=holder_host, pid=pid, pid_start=pid_start)
+
+
 def new_token() -> str:
     """A random token that proves ownership of one lease or ticket."""
     return uuid.uuid4().hex

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from ._identity import holder_alive
 from ._store import utc_datetime
 
 if TYPE_CHECKING:
@@ -47,10 +48,11 @@ class LeaseInfo:
     host_id: str
     acquired_at: datetime
     expires_at: datetime
+    holder_alive: bool | None  # None: the holder is on another host identity, unknowable here
 
     @classmethod
     def from_record(cls, record: LeaseRecord) -> LeaseInfo:
-        """The public view of a stored lease (without its token)."""
+        """The public view of a stored lease (without its token), checking its holder's PID."""
         return cls(
             id=record.id,
             key=record.key,
@@ -62,6 +64,9 @@ class LeaseInfo:
             host_id=record.host_id,
             acquired_at=utc_datetime(record.acquired_ts),
             expires_at=utc_datetime(record.expires_ts),
+            holder_alive=holder_alive(
+                holder_host=record.host_id, pid=record.pid, pid_start=record.pid_start
+            ),
         )
 
 
