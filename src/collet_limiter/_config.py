@@ -241,7 +241,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise config_error(exc, source=source) from None
-    config._source = source
+    config._source = source  # noqa: SLF001 - set once, right after validation
     return config
 
 

@@ -1,7 +1,9 @@
-"""What the sync and async limiters share: settings, requests, config seeding and decision logs.
+"""What the sync and async limiters share: settings, requests, transactions and decision logs.
 
-Neither waiting nor I/O lives here; ``Limiter`` and ``AsyncLimiter`` run the ``_store``
-transactions and wait in their own way.
+Each transaction is one method taking a SQLAlchemy ``Connection``: it opens the transaction, runs
+the ``_store`` functions and logs the outcome. ``Limiter`` calls them on its connections;
+``AsyncLimiter`` passes them to ``AsyncConnection.run_sync``. Only waiting, heartbeats and
+threads versus tasks differ between the two faces.
 """
 
 from __future__ import annotations
@@ -15,15 +17,35 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
+from . import _store
 from ._config import ENV_DB, Config, default_db_path, load_config
-from ._engine import Target, resolve_target
-from ._errors import ConfigError
+from ._engine import (
+    Target,
+    is_network_filesystem,
+    prepare_sqlite_file,
+    read_transaction,
+    resolve_target,
+    write_transaction,
+)
+from ._errors import AcquireTimeout, ConfigError
 from ._identity import current_holder, new_token
 from ._keys import ModelKey, coerce_chain, coerce_key
+from ._migrate import ensure_schema
+from ._results import (
+    CandidateReport,
+    Explanation,
+    LeaseInfo,
+    ModelStatus,
+    Reaped,
+    Status,
+    TicketInfo,
+)
 from ._store import ClaimRequest, ClaimResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+
+    from sqlalchemy.engine import Connection
 
     from ._fallback import ModelRow
     from ._store import Removed
@@ -115,6 +137,31 @@ class Core:
         )
 
     @staticmethod
+    def deadline(timeout: float | None) -> float | None:
+        """The monotonic deadline of an acquire with ``timeout`` seconds (None: no deadline)."""
+        if timeout is None:
+            return None
+        if not timeout >= 0:  # also rejects NaN
+            raise ConfigError(f"timeout must be >= 0 or None (got {timeout!r})", argument="timeout")
+        return monotonic() + timeout
+
+    @staticmethod
+    def refusal(result: ClaimResult) -> str:
+        """Why a claim granted nothing: the primary's verdict, or the global cap's."""
+        return result.verdicts[0].reason if result.verdicts else result.global_reason
+
+    def timeout_error(
+        self, request: ClaimRequest, result: ClaimResult, timeout: float | None
+    ) -> AcquireTimeout:
+        """The error for an acquire whose deadline passed."""
+        return AcquireTimeout(
+            f"no permit for {request.primary} within {timeout:g}s ({self.refusal(result)}); "
+            "nothing is held and no ticket is left queued",
+            key=request.primary,
+            timeout=timeout,
+        )
+
+    @staticmethod
     def with_ticket(request: ClaimRequest, result: ClaimResult) -> ClaimRequest:
         """The request to retry with: the primary only, holding the ticket the last claim left."""
         return replace(request, ticket=result.ticket, enqueue=False, fallback=False)
@@ -157,6 +204,163 @@ class Core:
                 result.global_reason or primary_reason,
                 "queueing for the primary" if request.enqueue else "returning QueueWait",
             )
+
+    # --- opening -------------------------------------------------------------------------------
+
+    def prepare_file(self) -> None:
+        """Create the SQLite file (owner-only) before connecting; warn about network filesystems."""
+        path = self.target.path
+        if path is None:
+            return
+        prepare_sqlite_file(path, create_dir=self.is_default_path)
+        if is_network_filesystem(path):
+            log.warning(
+                "%s is on a network filesystem: SQLite's WAL mode needs a local one "
+                "(shared memory and POSIX locks); limits may not hold across hosts",
+                path,
+            )
+
+    def open_database(self, conn: Connection) -> None:
+        """Create or upgrade the schema, then write this config unless the database holds it."""
+        ensure_schema(conn, display=self.display)
+        with read_transaction(conn):
+            current = _store.stored_fingerprint(conn)
+        if current == self.fingerprint:  # the usual case: no write lock taken
+            return
+        with write_transaction(conn):
+            wrote = _store.write_config(
+                conn,
+                rows=self.config_rows,
+                cap=self.config.max_agents,
+                fingerprint=self.fingerprint,
+                source=self.config.source or "<built-in defaults>",
+                now=self.clock(),
+                demand=self.demand,
+            )
+        if wrote and current is not None:
+            log.warning(
+                "%s: the database held another config; wrote %s (the last config written is "
+                "what every process obeys)",
+                self.display,
+                self.config.source or "the built-in defaults",
+            )
+
+    # --- transactions shared by Limiter and AsyncLimiter -------------------------------------
+
+    def claim(self, conn: Connection, request: ClaimRequest) -> ClaimResult:
+        """One claim attempt in a write transaction, logged."""
+        with write_transaction(conn):
+            result = _store.claim(conn, request, self.clock(), self.demand)
+        self.log_claim(request, result)
+        return result
+
+    def could_grant(self, conn: Connection, requests: Sequence[ClaimRequest]) -> list[bool]:
+        """For queued requests, whether each would be granted now: one lock-free read."""
+        with read_transaction(conn):
+            return _store.could_grant(conn, requests)
+
+    def release(self, conn: Connection, lease_id: int, token: str) -> bool:
+        """Delete one lease; False when it was already reclaimed."""
+        with write_transaction(conn):
+            return _store.release(conn, lease_id, token)
+
+    def discard(self, conn: Connection, request: ClaimRequest) -> None:
+        """Remove whatever an interrupted acquire left: its ticket, and a lease it never got."""
+        with write_transaction(conn):
+            _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
+
+    def release_owner(self, conn: Connection) -> None:
+        """Delete every lease and ticket of this limiter instance."""
+        with write_transaction(conn):
+            _store.release_owner(conn, self.owner)
+
+    def renew(self, conn: Connection, lease_ids: Collection[int]) -> tuple[float, set[int]]:
+        """Renew this instance's leases and tickets; returns (new expiry, ids found lost)."""
+        now = self.clock()
+        with write_transaction(conn):
+            lost = _store.renew(conn, self.owner, now, self.ttl, lease_ids)
+        for lease_id in sorted(lost):
+            log.warning(
+                "lease %d was lost: it expired and was reclaimed (its holder stalled longer than "
+                "the lease TTL of %ss)",
+                lease_id,
+                self.ttl,
+            )
+        return now + self.ttl, lost
+
+    def reap(self, conn: Connection) -> list[Reaped]:
+        """Remove expired leases and tickets and those of provably dead holders."""
+        with write_transaction(conn):
+            removed = _store.reap(conn, self.clock(), my_host=self.holder.host_id)
+        for item in removed:
+            log_reaped(item)
+        return [Reaped.from_removed(item) for item in removed]
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def resolve_limit(self, conn: Connection, key: ModelKey | str) -> int:
+        """The limit in force for ``key``: its ``models`` row, else this config's rule."""
+        key = coerce_key(key)
+        with read_transaction(conn):
+            row = _store.read_models(conn).get(key)
+        return row.limit if row is not None else self.config.limit(key)
+
+    def leases(self, conn: Connection) -> list[LeaseInfo]:
+        """Every lease in the database, oldest first."""
+        with read_transaction(conn):
+            records = _store.list_leases(conn)
+        return [LeaseInfo.from_record(record) for record in records]
+
+    def waiters(self, conn: Connection) -> list[TicketInfo]:
+        """Every queued waiter, in the order they will be served."""
+        with read_transaction(conn):
+            records = _store.list_tickets(conn)
+        return [TicketInfo.from_record(record) for record in records]
+
+    def status(self, conn: Connection) -> Status:
+        """The global cap and each model's limit, use and queue, from one snapshot."""
+        with read_transaction(conn):
+            rows = _store.read_models(conn)
+            snap = _store.snapshot(conn, rows)
+        waiting: dict[ModelKey, int] = {}
+        for _, key in snap.queue:
+            waiting[key] = waiting.get(key, 0) + 1
+        ordered = sorted(rows.values(), key=lambda r: (r.position is None, r.position or 0, r.key))
+        return Status(
+            max_agents=snap.cap,
+            in_use=snap.total_held,
+            waiting=len(snap.queue),
+            models=tuple(
+                ModelStatus(
+                    key=r.key,
+                    limit=r.limit,
+                    in_use=snap.held.get(r.key, 0),
+                    waiting=waiting.get(r.key, 0),
+                    cost_tier=r.cost_tier,
+                    supports_tool_use=r.supports_tool_use,
+                    is_cli=r.is_cli,
+                    configured=r.position is not None,
+                )
+                for r in ordered
+            ),
+        )
+
+    def explain(
+        self,
+        conn: Connection,
+        primary: ModelKey | str,
+        chain: Iterable[ModelKey | str] | str | None,
+    ) -> Explanation:
+        """The candidates a fresh acquire_with_fallback would try now, each with its verdict."""
+        key = coerce_key(primary, what="primary model")
+        keys = coerce_chain(chain)
+        with read_transaction(conn):
+            verdicts, global_reason = _store.explain(conn, key, keys, self.demand)
+        return Explanation(
+            primary=key,
+            candidates=tuple(CandidateReport.from_verdict(v) for v in verdicts),
+            global_reason=global_reason,
+        )
 
 
 def _first_reason(result: ClaimResult) -> str:

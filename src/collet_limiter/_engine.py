@@ -200,10 +200,14 @@ def data_version(conn: Connection) -> int:
     It takes no lock and costs microseconds (https://www.sqlite.org/pragma.html#pragma_data_version),
     so a waiter can look often and try a write transaction only when something changed.
     """
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    row = dbapi.execute("PRAGMA data_version").fetchone()
-    return int(row[0])
+    cursor = conn.connection.cursor()  # the DBAPI cursor: no SQLAlchemy layers on this hot path
+    try:
+        cursor.execute("PRAGMA data_version")
+        row = cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+    finally:
+        cursor.close()
 
 
 def pragmas(conn: Connection) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ._errors import SchemaVersionError
 from ._schema import SCHEMA_REVISION
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection
 
 
 def migrations_dir() -> Path:
@@ -80,19 +80,18 @@ def _check_known(revision: str | None, *, display: str) -> None:
         )
 
 
-def ensure_schema(engine: Engine, *, display: str) -> bool:
+def ensure_schema(conn: Connection, *, display: str) -> bool:
     """Bring the schema to ``SCHEMA_REVISION``; True when this call changed it."""
-    with engine.connect() as conn:
-        with read_transaction(conn):
-            revision = current_revision(conn)
+    with read_transaction(conn):
+        revision = current_revision(conn)
+    if revision == SCHEMA_REVISION:
+        return False
+    from alembic import command
+
+    with write_transaction(conn):
+        revision = current_revision(conn)
         if revision == SCHEMA_REVISION:
             return False
-        from alembic import command
-
-        with write_transaction(conn):
-            revision = current_revision(conn)
-            if revision == SCHEMA_REVISION:
-                return False
-            _check_known(revision, display=display)
-            command.upgrade(_alembic_config(conn), "head")  # type: ignore[arg-type]
-        return True
+        _check_known(revision, display=display)
+        command.upgrade(_alembic_config(conn), "head")  # type: ignore[arg-type]
+    return True

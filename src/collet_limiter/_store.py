@@ -279,7 +279,7 @@ def stored_fingerprint(conn: Connection) -> str | None:
 
 
 def _lease_record(row: Row[tuple[object, ...]]) -> LeaseRecord:
-    m = row._mapping
+    m = row._mapping  # noqa: SLF001 - public API, underscored to avoid column-name clashes
     return LeaseRecord(
         id=m["id"],
         token=m["token"],
@@ -298,7 +298,7 @@ def _lease_record(row: Row[tuple[object, ...]]) -> LeaseRecord:
 
 
 def _ticket_record(row: Row[tuple[object, ...]]) -> TicketRecord:
-    m = row._mapping
+    m = row._mapping  # noqa: SLF001 - public API, underscored to avoid column-name clashes
     return TicketRecord(
         id=m["id"],
         token=m["token"],
@@ -461,22 +461,23 @@ def claim(
     return result
 
 
-def could_grant(conn: Connection, request: ClaimRequest) -> bool:
-    """Whether a queued request would be granted now, read without any lock.
+def could_grant(conn: Connection, requests: Sequence[ClaimRequest]) -> list[bool]:
+    """For queued requests, whether each would be granted now, read without any lock.
 
-    Waiters call this when another process committed; only those it answers True for (or whose
-    ticket vanished) go on to ``claim`` and take the write lock. A False can be stale by the time
-    it is returned, which only delays the waiter until the next commit or periodic claim, and
+    Waiters look with this when another process committed, and only those it answers True for
+    (or whose ticket vanished) go on to ``claim`` and take the write lock. An answer can be stale
+    by the time it is used, which only delays a waiter until the next commit or periodic claim;
     the periodic claim is also what reaps dead holders.
     """
     rows = read_models(conn)
-    if request.primary not in rows:
-        return True  # the config was rewritten; let claim re-add the row
     snap = snapshot(conn, rows)
-    ticket = request.ticket
-    if ticket is None or all(ticket != queued for queued, _ in snap.queue):
-        return True
-    return _decide(request, rows, snap, ticket)[0] is not None
+    queued = {ticket for ticket, _ in snap.queue}
+    return [
+        request.primary not in rows  # the config was rewritten: claim re-adds the row
+        or request.ticket not in queued  # the ticket was reaped: claim queues it again
+        or _decide(request, rows, snap, request.ticket)[0] is not None
+        for request in requests
+    ]
 
 
 def explain(

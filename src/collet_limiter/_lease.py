@@ -1,0 +1,103 @@
+"""What a held permit knows about itself; the sync and async leases add how to release it."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ._store import utc_datetime
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ._fallback import Via
+    from ._keys import ModelKey
+    from ._store import LeaseRecord
+
+
+class BaseLease:
+    """A permit for one call on ``key``, held until released.
+
+    A lease is advisory: it is a row that other processes respect. A holder that stalls for
+    longer than the lease TTL (SIGSTOP, a frozen VM) may find its lease reclaimed; the
+    heartbeat then marks it ``lost`` and logs a warning, and its release does nothing.
+    """
+
+    __slots__ = ("_lost", "_pid", "_record", "_released", "expires_ts")
+
+    def __init__(self, record: LeaseRecord) -> None:
+        self._record = record
+        self._pid = os.getpid()
+        self._lost = False
+        self._released = False
+        self.expires_ts = record.expires_ts
+
+    @property
+    def key(self) -> ModelKey:
+        """The model actually granted: call this one."""
+        return self._record.key
+
+    @property
+    def primary(self) -> ModelKey:
+        """The model that was asked for."""
+        return self._record.primary
+
+    @property
+    def via(self) -> Via:
+        """How it was granted: primary, chain, capability, cli or queue."""
+        return self._record.via
+
+    @property
+    def holder(self) -> str | None:
+        """The holder label given to acquire."""
+        return self._record.holder
+
+    @property
+    def id(self) -> int:
+        """The lease's row id in the ``leases`` table."""
+        return self._record.id
+
+    @property
+    def token(self) -> str:
+        """The secret that proves ownership of the row (release deletes by id and token)."""
+        return self._record.token
+
+    @property
+    def acquired_at(self) -> datetime:
+        """When it was granted (UTC)."""
+        return utc_datetime(self._record.acquired_ts)
+
+    @property
+    def expires_at(self) -> datetime:
+        """When it expires unless renewed (UTC); the heartbeat renews it every TTL/3."""
+        return utc_datetime(self.expires_ts)
+
+    @property
+    def lost(self) -> bool:
+        """True when the lease was reclaimed from under its holder (it had expired)."""
+        return self._lost
+
+    @property
+    def released(self) -> bool:
+        """True once released (or lost)."""
+        return self._released or self._lost
+
+    def _mark_lost(self) -> None:
+        self._lost = True
+        self._released = True
+
+    def _begin_release(self) -> bool:
+        """Mark released; True when the row must still be deleted by this process."""
+        if self._released:
+            return False
+        self._released = True
+        # A lease inherited across fork() stays the parent's: the child never deletes it.
+        return self._pid == os.getpid() and not self._lost
+
+    def __repr__(self) -> str:
+        state = "lost" if self._lost else "released" if self._released else "held"
+        fallback = "" if self.key == self.primary else f" for {self.primary}"
+        label = f" holder={self.holder!r}" if self.holder else ""
+        return (
+            f"<{type(self).__name__} {self.id} {self.key}{fallback} via {self.via}{label} {state}>"
+        )
