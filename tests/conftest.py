@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from collet_limiter import Config, Limiter
+from collet_limiter import AsyncLimiter, Config, Limiter
+
+from .facades import AsyncFacade, LoopThread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -81,9 +83,46 @@ def small_config() -> Config:
     return make_config(**SMALL)
 
 
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest) -> str:
+    """Which face of the limiter a behavioural test drives."""
+    return str(request.param)
+
+
 @pytest.fixture
-def open_limiter(db: Path, clock: FakeClock) -> Iterator[Callable[..., Limiter]]:
-    """Open Limiters on the test database (with the fake clock); all closed afterwards."""
+def open_limiter(api: str, db: Path, clock: FakeClock) -> Iterator[Callable[..., Any]]:
+    """Open limiters on the test database (fake clock), sync or async by ``api``; closed after.
+
+    Async limiters are driven through ``AsyncFacade`` (blocking calls on a background loop), so
+    the same test body checks both faces.
+    """
+    opened: list[Any] = []
+    loop: LoopThread | None = None
+
+    def factory(config: Config | None = None, **kwargs: Any) -> Any:
+        nonlocal loop
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("poll_interval", 0.002)
+        kwargs.setdefault("max_poll_interval", 0.05)
+        path = kwargs.pop("path", db)
+        if api == "sync":
+            limiter: Any = Limiter(path, config=config or Config(), **kwargs)
+        else:
+            loop = loop or LoopThread()
+            limiter = AsyncFacade(AsyncLimiter(path, config=config or Config(), **kwargs), loop)
+        opened.append(limiter)
+        return limiter
+
+    yield factory
+    for limiter in opened:
+        limiter.close()
+    if loop is not None:
+        loop.stop()
+
+
+@pytest.fixture
+def open_sync_limiter(db: Path, clock: FakeClock) -> Iterator[Callable[..., Limiter]]:
+    """Open sync Limiters only, for what only the sync face has (fork, its connections)."""
     opened: list[Limiter] = []
 
     def factory(config: Config | None = None, **kwargs: Any) -> Limiter:

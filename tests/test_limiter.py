@@ -343,10 +343,10 @@ def test_the_tables_show_who_holds_what_to_plain_sqlite(
     assert rows(db, "SELECT value FROM meta WHERE key = 'max_agents'") == [("10",)]
 
 
-def test_the_connection_pragmas_took_effect(open_limiter: Open) -> None:
+def test_the_connection_pragmas_took_effect(open_sync_limiter: Open) -> None:
     from collet_limiter._engine import pragmas
 
-    limiter = open_limiter(make_config(limiter={"busy_timeout_ms": 1234}))
+    limiter = open_sync_limiter(make_config(limiter={"busy_timeout_ms": 1234}))
     with limiter._check().connect() as conn:
         assert pragmas(conn) == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 1234}
 
@@ -433,19 +433,20 @@ def test_bad_arguments_are_clear_errors(open_limiter: Open) -> None:
         open_limiter(path="sqlite://")
 
 
-def test_reprs_show_live_state(open_limiter: Open, db: Path) -> None:
+def test_reprs_show_live_state(open_limiter: Open, db: Path, api: str) -> None:
     limiter = open_limiter()
     lease = limiter.acquire("p/m", holder="me")
-    assert repr(limiter) == f"<Limiter {db} holding 1, waiting 0>"
-    assert repr(lease) == f"<Lease {lease.id} p/m via primary holder='me' held>"
+    prefix = "" if api == "sync" else "Async"
+    assert repr(limiter) == f"<{prefix}Limiter {db} holding 1, waiting 0>"
+    assert repr(lease) == f"<{prefix}Lease {lease.id} p/m via primary holder='me' held>"
     lease.release()
     assert repr(lease).endswith("released>")
 
 
 def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(
-    open_limiter: Open, db: Path
+    open_sync_limiter: Open, db: Path
 ) -> None:
-    limiter = open_limiter()
+    limiter = open_sync_limiter()
     lease = limiter.acquire("p/m")
     pid = os.fork()
     if pid == 0:  # child

@@ -10,9 +10,11 @@ the Rust agent orchestrator collet.
 from __future__ import annotations
 
 from ._agents import load_agent_chain
+from ._aio import AsyncLease, AsyncLimiter
 from ._config import Config, load_config
 from ._errors import (
     AcquireTimeout,
+    AsyncContextError,
     ConfigError,
     DatabaseBusyError,
     DatabaseCorruptError,
@@ -43,6 +45,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AcquireTimeout",
     "Acquired",
+    "AsyncContextError",
+    "AsyncLease",
+    "AsyncLimiter",
     "CandidateReport",
     "Config",
     "ConfigError",

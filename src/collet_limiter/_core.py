@@ -321,15 +321,13 @@ class Core:
         """The global cap and each model's limit, use and queue, from one snapshot."""
         with read_transaction(conn):
             rows = _store.read_models(conn)
-            snap = _store.snapshot(conn, rows)
-        waiting: dict[ModelKey, int] = {}
-        for _, key in snap.queue:
-            waiting[key] = waiting.get(key, 0) + 1
+            snap = _store.snapshot(conn, rows, None)
+        waiting = snap.ahead  # for a fresh request, every waiter is ahead
         ordered = sorted(rows.values(), key=lambda r: (r.position is None, r.position or 0, r.key))
         return Status(
             max_agents=snap.cap,
             in_use=snap.total_held,
-            waiting=len(snap.queue),
+            waiting=sum(waiting.values()),
             models=tuple(
                 ModelStatus(
                     key=r.key,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from sqlalchemy.engine import URL, Connection, Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Execution option marking a connection whose next transaction will write.
 WRITE_OPTION: Final = "collet_limiter_write"
@@ -141,7 +142,8 @@ def _on_connect(busy_timeout_ms: int) -> Any:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            cursor.execute("PRAGMA journal_mode")
+            (mode,) = cursor.fetchone()
             if str(mode).lower() != "wal":
                 # Persistent: set once per file; readers never block the writer and vice versa.
                 cursor.execute("PRAGMA journal_mode = WAL")
@@ -169,10 +171,34 @@ def create_sqlite_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
         # so the pool must grow with the number of waiting threads instead of timing out.
         pool_size=5,
         max_overflow=-1,
+        # Every transaction ends in COMMIT or ROLLBACK through our context managers, so the
+        # pool's extra ROLLBACK on every checkin would be pure overhead.
+        pool_reset_on_return=None,
         connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
     )
     event.listen(engine, "connect", _on_connect(busy_timeout_ms))
     event.listen(engine, "begin", _on_begin)
+    return engine
+
+
+def create_aiosqlite_engine(target: Target, *, busy_timeout_ms: int, pool_size: int) -> AsyncEngine:
+    """An asyncio engine (aiosqlite) on a SQLite file, with the same pragmas and BEGIN control.
+
+    The caller bounds how many connections are in use at once (``pool_size``), so checkouts
+    never wait on the pool's own timeout.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(
+        target.url.set(drivername="sqlite+aiosqlite"),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=3600,
+        pool_reset_on_return=None,  # as in create_sqlite_engine; here each ROLLBACK is a thread hop
+        connect_args={"timeout": busy_timeout_ms / 1000},
+    )
+    event.listen(engine.sync_engine, "connect", _on_connect(busy_timeout_ms))
+    event.listen(engine.sync_engine, "begin", _on_begin)
     return engine
 
 

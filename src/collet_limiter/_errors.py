@@ -7,6 +7,7 @@ Tree::
     │   └── InvalidKeyError                 a string that is not ``provider/model``
     ├── AcquireTimeout (TimeoutError)       no permit within the timeout
     ├── LimiterClosedError (RuntimeError)   the Limiter was closed
+    ├── AsyncContextError (TypeError)       an async object used with plain ``with``
     └── StorageError                        the database cannot be used as it is
         ├── DatabaseUnavailableError (OSError)  missing or unwritable path, read-only, disk full
         ├── DatabaseBusyError                   locked by another writer for too long
@@ -60,6 +61,10 @@ class AcquireTimeout(LimiterError, TimeoutError):  # noqa: N818 - the public nam
 
 class LimiterClosedError(LimiterError, RuntimeError):
     """The Limiter was closed (or is being closed) and cannot acquire any more."""
+
+
+class AsyncContextError(LimiterError, TypeError):
+    """An AsyncLimiter or AsyncLease was used with plain ``with``; use ``async with``."""
 
 
 class StorageError(LimiterError):

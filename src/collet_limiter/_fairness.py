@@ -7,85 +7,100 @@ global slots from waiters who could use them, and a waiter whose model is full d
 others from the global slots it could not use anyway.
 
 Without such tickets polling waiters starve: whoever polls fastest wins.
+
+Everything here needs only, per model, how many waiters are queued ahead of the request: the
+waiters of K with room are the first ``free(K)`` of K's queue, so of the ``ahead(K)`` waiters
+ahead of a request, ``min(ahead(K), free(K))`` have room. A claim therefore reads one count per
+model, never the whole queue.
 """
 
 from __future__ import annotations
 
-import bisect
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping
 
     from ._keys import ModelKey
 
 
 class Snapshot:
-    """Limits, live lease counts and the queue, as read in one transaction."""
+    """Limits, live lease counts, the cap, and the waiters ahead of one request, per model."""
 
-    __slots__ = ("_queues", "cap", "held", "limits", "queue", "total_held")
+    __slots__ = ("ahead", "cap", "held", "limits", "total_held")
 
     def __init__(
         self,
         *,
         limits: Mapping[ModelKey, int],
         held: Mapping[ModelKey, int],
-        queue: Sequence[tuple[int, ModelKey]],
+        ahead: Mapping[ModelKey, int],
         cap: int,
     ) -> None:
         self.limits = limits
         self.held = held
-        self.queue = sorted(queue)
+        self.ahead = ahead
         self.cap = cap
         self.total_held = sum(held.values())
-        self._queues: dict[ModelKey, list[int]] = {}
-        for ticket, key in self.queue:
-            self._queues.setdefault(key, []).append(ticket)
 
     def free(self, key: ModelKey) -> int:
         """Free slots of ``key`` (negative after a limit was lowered below its holders)."""
         return self.limits[key] - self.held.get(key, 0)
 
-    def waiters_ahead(self, key: ModelKey, ticket: int | None) -> int:
-        """Waiters of ``key`` queued before ``ticket`` (all of them for a fresh request)."""
-        tickets = self._queues.get(key, [])
-        return len(tickets) if ticket is None else bisect.bisect_left(tickets, ticket)
+    def model_has_room(self, key: ModelKey) -> bool:
+        """Whether ``key`` has a slot for the request."""
+        return self.free(key) > self.ahead.get(key, 0)
 
-    def model_has_room(self, key: ModelKey, ticket: int | None) -> bool:
-        """Whether ``key`` has a slot for the request holding ``ticket``."""
-        return self.free(key) > self.waiters_ahead(key, ticket)
-
-    def global_waiters_ahead(self, ticket: int | None) -> int:
-        """Waiters queued before ``ticket`` whose own model has room for them."""
+    def global_waiters_ahead(self) -> int:
+        """Waiters queued ahead of the request whose own model has room for them."""
         return sum(
-            1
-            for other, key in self.queue
-            if (ticket is None or other < ticket)
-            and key in self.limits
-            and self.model_has_room(key, other)
+            min(count, max(self.free(key), 0))
+            for key, count in self.ahead.items()
+            if key in self.limits
         )
 
-    def global_has_room(self, ticket: int | None) -> bool:
-        """Whether the global cap leaves a slot for the request holding ``ticket``."""
-        return self.cap - self.total_held > self.global_waiters_ahead(ticket)
+    def global_has_room(self) -> bool:
+        """Whether the global cap leaves a slot for the request."""
+        return self.cap - self.total_held > self.global_waiters_ahead()
 
-    def global_verdict(self, ticket: int | None) -> tuple[bool, str]:
+    def global_verdict(self) -> tuple[bool, str]:
         """Whether the global cap admits the request, and why not."""
         free = self.cap - self.total_held
         if free <= 0:
             return False, f"global cap full ({self.total_held}/{self.cap} held)"
-        ahead = self.global_waiters_ahead(ticket)
+        ahead = self.global_waiters_ahead()
         if free > ahead:
             return True, f"global cap {self.total_held}/{self.cap}"
         return False, f"global cap: {free} free but {ahead} earlier waiter(s) can use them"
 
-    def model_verdict(self, key: ModelKey, ticket: int | None) -> tuple[bool, str]:
+    def model_verdict(self, key: ModelKey) -> tuple[bool, str]:
         """Whether ``key`` admits the request, and the reason in words."""
         held, limit = self.held.get(key, 0), self.limits[key]
         free = limit - held
         if free <= 0:
             return False, f"full ({held}/{limit} held)"
-        ahead = self.waiters_ahead(key, ticket)
+        ahead = self.ahead.get(key, 0)
         if free > ahead:
             return True, f"room ({held}/{limit} held)"
         return False, f"{free} free but {ahead} waiter(s) queued ahead ({held}/{limit} held)"
+
+    def admits(self, key: ModelKey) -> bool:
+        """Both the model and the global cap have room for the request."""
+        return self.model_has_room(key) and self.global_has_room()
+
+
+def ahead_of_each(
+    queue: Iterable[tuple[int, ModelKey]], tickets: Iterable[int]
+) -> dict[int, dict[ModelKey, int]]:
+    """For each of ``tickets``, the waiters per model queued before it, from the whole queue.
+
+    One pass over the queue in ticket order, so answering for many waiters costs one read.
+    """
+    wanted = set(tickets)
+    counts: dict[ModelKey, int] = {}
+    out: dict[int, dict[ModelKey, int]] = {}
+    for ticket, key in sorted(queue):
+        if ticket in wanted:
+            out[ticket] = dict(counts)
+        counts[key] = counts.get(key, 0) + 1
+    return out

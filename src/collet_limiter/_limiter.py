@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._config import Config
     from ._keys import ModelKey
     from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
-    from ._store import ClaimRequest, LeaseRecord
+    from ._store import ClaimRequest, ClaimResult, LeaseRecord
 
 _LIVE: weakref.WeakSet[Limiter] = weakref.WeakSet()
 
@@ -99,6 +99,8 @@ class Limiter:
                 path=core.display,
             )
         self._lock = threading.RLock()
+        # Threads of this process take turns to write (see AsyncLimiter._run for why).
+        self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
         self._leases: dict[int, Lease] = {}
@@ -122,6 +124,7 @@ class Limiter:
         # In a child: never touch the parent's connections, threads or leases.
         self._engine.dispose(close=False)
         self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._leases = {}
         self._waiting = 0
@@ -159,7 +162,7 @@ class Limiter:
             heartbeat.join()
         if self._core.pid == os.getpid():
             try:
-                with self._connection(self._engine) as conn:
+                with self._write_lock, self._connection(self._engine) as conn:
                     self._core.release_owner(conn)
             finally:
                 for lease in list(self._leases.values()):
@@ -262,7 +265,7 @@ class Limiter:
         try:
             with self._connection(engine) as conn:
                 version = data_version(conn)
-                result = core.claim(conn, request)
+                result = self._claim(conn, request)
                 while result.lease is None:
                     if not wait:
                         return QueueWait(request.primary, core.refusal(result))
@@ -273,16 +276,24 @@ class Limiter:
                         self._waiting_changed(+1)
                     request = core.with_ticket(request, result)
                     version = self._wait_for_turn(conn, request, version, deadline)
-                    result = core.claim(conn, request)
+                    result = self._claim(conn, request)
                 return self._adopt(result.lease)
         except BaseException:
             if wait:
-                with contextlib.suppress(Exception), self._connection(self._engine) as conn:
+                with (
+                    contextlib.suppress(Exception),
+                    self._write_lock,
+                    self._connection(self._engine) as conn,
+                ):
                     core.discard(conn, request)
             raise
         finally:
             if queued:
                 self._waiting_changed(-1)
+
+    def _claim(self, conn: Connection, request: ClaimRequest) -> ClaimResult:
+        with self._write_lock:
+            return self._core.claim(conn, request)
 
     def _wait_for_turn(
         self, conn: Connection, request: ClaimRequest, version: int, deadline: float | None
@@ -337,7 +348,7 @@ class Limiter:
     def _release(self, lease: Lease) -> None:
         with self._lock:
             self._leases.pop(lease.id, None)
-        with self._connection() as conn:
+        with self._write_lock, self._connection() as conn:
             released = self._core.release(conn, lease.id, lease.token)
         if not released:
             lease._mark_lost()  # noqa: SLF001
@@ -373,7 +384,7 @@ class Limiter:
         """
         with self._lock:
             held = dict(self._leases)
-        with self._connection() as conn:
+        with self._write_lock, self._connection() as conn:
             expires, lost_ids = self._core.renew(conn, held.keys())
         lost = []
         with self._lock:
@@ -419,7 +430,7 @@ class Limiter:
 
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now."""
-        with self._connection() as conn:
+        with self._write_lock, self._connection() as conn:
             return self._core.reap(conn)
 
 

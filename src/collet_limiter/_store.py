@@ -7,7 +7,7 @@ Limiter, the AsyncLimiter (through ``AsyncConnection.run_sync``) and any dialect
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
-from ._fairness import Snapshot
+from ._fairness import Snapshot, ahead_of_each
 from ._fallback import Candidate, ModelRow, Via, plan
 from ._identity import is_provably_dead
 from ._keys import ModelKey
@@ -50,6 +50,11 @@ _HELD: Final = select(s.leases.c.provider, s.leases.c.model, func.count()).group
 _QUEUE: Final = select(s.waiters.c.id, s.waiters.c.provider, s.waiters.c.model).order_by(
     s.waiters.c.id
 )
+_WAITING: Final = select(s.waiters.c.provider, s.waiters.c.model, func.count()).group_by(
+    s.waiters.c.provider, s.waiters.c.model
+)
+_AHEAD: Final = _WAITING.where(s.waiters.c.id < bindparam("ticket_id"))
+_TICKET_EXISTS: Final = select(func.count()).where(s.waiters.c.id == bindparam("ticket_id"))
 _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
 _INSERT_TICKET: Final = insert(s.waiters)
@@ -335,14 +340,25 @@ def queue(conn: Connection) -> list[tuple[int, ModelKey]]:
     return [(ticket, ModelKey(provider, model)) for ticket, provider, model in conn.execute(_QUEUE)]
 
 
-def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow]) -> Snapshot:
-    """Limits, lease counts, queue and cap, as of this transaction."""
+def waiting_counts(conn: Connection, before: int | None = None) -> dict[ModelKey, int]:
+    """Waiters per model: all of them, or those queued before ticket ``before``."""
+    rows = conn.execute(_WAITING) if before is None else conn.execute(_AHEAD, {"ticket_id": before})
+    return {ModelKey(provider, model): count for provider, model, count in rows}
+
+
+def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | None) -> Snapshot:
+    """Limits, lease counts and cap, and the waiters ahead of ``ticket``, as of this transaction."""
     return Snapshot(
         limits={key: row.limit for key, row in rows.items()},
         held=held_counts(conn),
-        queue=queue(conn),
+        ahead=waiting_counts(conn, ticket),
         cap=max_agents(conn),
     )
+
+
+def ticket_exists(conn: Connection, ticket: int) -> bool:
+    """Whether a ticket is still queued (reaping removes the tickets of stalled waiters)."""
+    return bool(conn.execute(_TICKET_EXISTS, {"ticket_id": ticket}).scalar())
 
 
 # --- reaping -----------------------------------------------------------------------------------
@@ -401,13 +417,13 @@ def _decide(
     else:
         via: Via = "queue" if ticket is not None else "primary"
         candidates = [Candidate(request.primary, via, eligible=True, reason="the requested model")]
-    global_ok, global_reason = snap.global_verdict(ticket)
+    global_ok, global_reason = snap.global_verdict()
     verdicts: list[Verdict] = []
     for candidate in candidates:
         if not candidate.eligible:
             verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
             continue
-        ok, reason = snap.model_verdict(candidate.key, ticket)
+        ok, reason = snap.model_verdict(candidate.key)
         if ok and not global_ok:
             ok, reason = False, global_reason
         verdict = Verdict(candidate, granted=ok, reason=reason)
@@ -417,6 +433,16 @@ def _decide(
         if not global_ok:
             break  # no candidate can get past a full global cap
     return None, verdicts, global_reason
+
+
+def _decide_now(
+    conn: Connection, request: ClaimRequest, rows: dict[ModelKey, ModelRow]
+) -> tuple[int | None, bool, tuple[Verdict | None, list[Verdict], str]]:
+    """Read the snapshot for the request and decide; returns (ticket, requeued, decision)."""
+    ticket, requeued = request.ticket, False
+    if ticket is not None and not ticket_exists(conn, ticket):
+        ticket, requeued = None, True  # our ticket was reaped while we were stalled
+    return ticket, requeued, _decide(request, rows, snapshot(conn, rows, ticket), ticket)
 
 
 def claim(
@@ -432,23 +458,17 @@ def claim(
     """
     rows = read_models(conn)
     ensure_models(conn, rows, (request.primary, *request.chain), demand)
-    snap = snapshot(conn, rows)
-    ticket = request.ticket
-    requeued = False
-    if ticket is not None and all(ticket != queued for queued, _ in snap.queue):
-        ticket, requeued = None, True  # our ticket was reaped while we were stalled
-
-    granted, verdicts, global_reason = _decide(request, rows, snap, ticket)
+    ticket, requeued, (granted, verdicts, global_reason) = _decide_now(conn, request, rows)
     reaped: list[Removed] = []
     if granted is None or granted is not verdicts[0]:
         # Something stood in the way of the primary: if it is dead or expired, reclaim it and
         # decide again, so that a crashed holder never pushes a request onto a fallback.
         reaped = reap(conn, now, my_host=request.holder.host_id)
         if reaped:
-            snap = snapshot(conn, rows)
-            if ticket is not None and all(ticket != queued for queued, _ in snap.queue):
-                ticket, requeued = None, True
-            granted, verdicts, global_reason = _decide(request, rows, snap, ticket)
+            again, requeued_now, (granted, verdicts, global_reason) = _decide_now(
+                conn, replace(request, ticket=ticket), rows
+            )
+            ticket, requeued = again, requeued or requeued_now
 
     result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued)
     if granted is not None:
@@ -467,17 +487,21 @@ def could_grant(conn: Connection, requests: Sequence[ClaimRequest]) -> list[bool
     Waiters look with this when another process committed, and only those it answers True for
     (or whose ticket vanished) go on to ``claim`` and take the write lock. An answer can be stale
     by the time it is used, which only delays a waiter until the next commit or periodic claim;
-    the periodic claim is also what reaps dead holders.
+    the periodic claim is also what reaps dead holders. One read of the queue answers for all.
     """
     rows = read_models(conn)
-    snap = snapshot(conn, rows)
-    queued = {ticket for ticket, _ in snap.queue}
-    return [
-        request.primary not in rows  # the config was rewritten: claim re-adds the row
-        or request.ticket not in queued  # the ticket was reaped: claim queues it again
-        or _decide(request, rows, snap, request.ticket)[0] is not None
-        for request in requests
-    ]
+    limits = {key: row.limit for key, row in rows.items()}
+    held, cap = held_counts(conn), max_agents(conn)
+    ahead = ahead_of_each(queue(conn), [r.ticket for r in requests if r.ticket is not None])
+    answers = []
+    for request in requests:
+        counts = ahead.get(request.ticket) if request.ticket is not None else None
+        if request.primary not in rows or counts is None:
+            answers.append(True)  # a config rewrite or a reaped ticket: claim sorts it out
+        else:
+            snap = Snapshot(limits=limits, held=held, ahead=counts, cap=cap)
+            answers.append(snap.admits(request.primary))
+    return answers
 
 
 def explain(
@@ -490,14 +514,14 @@ def explain(
     rows = read_models(conn)
     for key in (primary, *chain):
         rows.setdefault(key, demand(key))
-    snap = snapshot(conn, rows)
-    global_ok, global_reason = snap.global_verdict(None)
+    snap = snapshot(conn, rows, None)
+    global_ok, global_reason = snap.global_verdict()
     verdicts: list[Verdict] = []
     for candidate in plan(primary, chain, rows):
         if not candidate.eligible:
             verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
             continue
-        ok, reason = snap.model_verdict(candidate.key, None)
+        ok, reason = snap.model_verdict(candidate.key)
         if ok and not global_ok:
             ok, reason = False, f"{reason}, but {global_reason}"
         verdicts.append(Verdict(candidate, granted=ok, reason=reason))

@@ -1,0 +1,556 @@
+"""``AsyncLimiter``: the asyncio facade over aiosqlite.
+
+Every transaction is the sync code of ``Core``, run through ``AsyncConnection.run_sync``; only
+waiting and heartbeats are written for asyncio:
+
+- One watcher task per AsyncLimiter reads ``PRAGMA data_version`` every ``poll_interval`` while
+  any of its tasks wait. When another connection committed, it looks, in one lock-free read for
+  all of them, which waiting tasks would now be granted and wakes only those; every
+  ``max_poll_interval`` it first reaps expired leases and dead holders. A thousand waiting tasks
+  cost one poll, not a thousand.
+- One heartbeat task per AsyncLimiter renews all its leases and tickets every TTL/3.
+- A claim is never cancelled halfway: it runs shielded, and a cancelled acquire waits for it to
+  finish and then removes whatever it left (its ticket, a lease nobody will hold).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._core import Core, log, monotonic
+from ._engine import create_aiosqlite_engine, data_version
+from ._errors import (
+    AsyncContextError,
+    ConfigError,
+    LimiterClosedError,
+    translate_driver_errors,
+)
+from ._lease import BaseLease
+from ._results import Acquired, QueueWait
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Iterable
+    from types import TracebackType
+
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from ._config import Config
+    from ._keys import ModelKey
+    from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
+    from ._store import ClaimRequest, ClaimResult, LeaseRecord
+
+T = TypeVar("T")
+
+_WITH_MESSAGE = "{name} must be used with 'async with', not 'with'"
+
+
+class AsyncLease(BaseLease):
+    """A permit for one call on ``lease.key``; ``await lease.release()`` or use ``async with``."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: AsyncLimiter, record: LeaseRecord) -> None:
+        super().__init__(record)
+        self._limiter = limiter
+
+    async def release(self) -> None:
+        """Give the slot back. Idempotent; a no-op for a lost lease."""
+        if self._begin_release():
+            await self._limiter._release(self)  # noqa: SLF001 - the lease's own limiter
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+
+    def __enter__(self) -> AsyncLease:
+        raise AsyncContextError(_WITH_MESSAGE.format(name="AsyncLease"))
+
+    def __exit__(self, *exc: object) -> None:
+        """Never reached: ``__enter__`` refuses plain ``with``."""
+
+
+class _Acquiring:
+    """What ``AsyncLimiter.acquire`` returns: await it, or use it with ``async with``."""
+
+    __slots__ = ("_lease", "_start")
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start = start
+        self._lease: AsyncLease | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncLease]:
+        lease: AsyncLease = yield from self._start().__await__()
+        return lease
+
+    async def __aenter__(self) -> AsyncLease:
+        self._lease = await self._start()
+        return self._lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._lease is not None:
+            await self._lease.release()
+
+    def __enter__(self) -> AsyncLease:
+        raise AsyncContextError(_WITH_MESSAGE.format(name="AsyncLimiter.acquire()"))
+
+    def __exit__(self, *exc: object) -> None:
+        """Never reached: ``__enter__`` refuses plain ``with``."""
+
+
+class _Waiter:
+    """A task of this AsyncLimiter waiting in the queue, and the event that wakes it."""
+
+    __slots__ = ("event", "request")
+
+    def __init__(self, request: ClaimRequest) -> None:
+        self.request = request
+        self.event = asyncio.Event()
+
+
+class AsyncLimiter:
+    """The asyncio face of ``Limiter``: the same database, rules, queue and transactions.
+
+    Use ``async with AsyncLimiter(...) as limiter`` (or ``await limiter.close()`` at the end). The
+    database is opened on first use. ``max_connections`` bounds the SQLite connections this
+    limiter uses at once; SQLite runs one writer at a time anyway.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        config: Config | None = None,
+        clock: Callable[[], float] | None = None,
+        lease_ttl: float | None = None,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        max_connections: int = 4,
+    ) -> None:
+        self._core = Core(
+            db,
+            config=config,
+            clock=clock,
+            lease_ttl=lease_ttl,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+        )
+        if not self._core.target.is_sqlite:
+            raise ConfigError(
+                f"{self._core.display}: AsyncLimiter supports SQLite databases only",
+                path=self._core.display,
+            )
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be >= 1 (got {max_connections!r})")
+        self._max_connections = max_connections
+        self._engine: AsyncEngine | None = None
+        self._open_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(max_connections)
+        self._write_lock = asyncio.Lock()
+        self._closing = asyncio.Event()
+        self._wanted = asyncio.Event()  # set when a task starts waiting: the watcher wakes up
+        self._closed = False
+        self._leases: dict[int, AsyncLease] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- opening, closing, running transactions ------------------------------------------------
+
+    async def _ensure_open(self) -> AsyncEngine:
+        if self._closed:
+            raise LimiterClosedError(f"AsyncLimiter on {self._core.display} is closed")
+        if self._core.pid != os.getpid():
+            self._after_fork()
+        if self._engine is not None:
+            return self._engine
+        async with self._open_lock:
+            if self._engine is None:
+                core = self._core
+                with translate_driver_errors(core.display):
+                    core.prepare_file()
+                    engine = create_aiosqlite_engine(
+                        core.target,
+                        busy_timeout_ms=core.busy_timeout_ms,
+                        pool_size=self._max_connections + 1,  # one more for the watcher
+                    )
+                    try:
+                        async with engine.connect() as conn:
+                            await conn.run_sync(core.open_database)
+                    except BaseException:
+                        await engine.dispose()
+                        raise
+                self._engine = engine
+        return self._engine
+
+    def _after_fork(self) -> None:
+        # A child must not use the parent's connections, tasks or leases.
+        if self._engine is not None:
+            self._engine.sync_engine.dispose(close=False)
+        self._engine = None
+        self._leases, self._waiters, self._tasks = {}, {}, set()
+        self._heartbeat = self._watcher = None
+        self._core.reset_identity()
+
+    async def _run(self, func: Callable[..., T], *args: Any, write: bool = False) -> T:
+        """Run one ``Core`` transaction on a pooled connection, through ``run_sync``.
+
+        Writes from this limiter's tasks take turns on an asyncio lock: SQLite admits one writer
+        at a time anyway, and connections of one process competing for its lock would be left
+        to SQLite's busy handler, whose growing sleeps can starve one of them for seconds.
+        """
+        engine = await self._ensure_open()
+        async with self._slots, self._writing(write):
+            with translate_driver_errors(self._core.display):
+                async with engine.connect() as conn:
+                    return await conn.run_sync(func, *args)
+
+    def _writing(self, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._write_lock if write else contextlib.nullcontext()
+
+    async def open(self) -> AsyncLimiter:
+        """Open (create or upgrade) the database now rather than on first use."""
+        await self._ensure_open()
+        return self
+
+    async def close(self) -> None:
+        """Stop the tasks, release every lease and ticket this limiter holds. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        for waiter in list(self._waiters.values()):
+            waiter.event.set()
+        for task in (self._heartbeat, self._watcher):
+            if task is not None:
+                task.cancel()
+        pending = [t for t in (self._heartbeat, self._watcher, *self._tasks) if t is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
+        engine = self._engine
+        if engine is not None and self._core.pid == os.getpid():
+            try:
+                with translate_driver_errors(self._core.display):
+                    async with self._write_lock, engine.connect() as conn:
+                        await conn.run_sync(self._core.release_owner)
+            finally:
+                for lease in self._leases.values():
+                    lease._released = True  # noqa: SLF001
+                self._leases.clear()
+                await engine.dispose()
+
+    async def __aenter__(self) -> AsyncLimiter:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> AsyncLimiter:
+        raise AsyncContextError(_WITH_MESSAGE.format(name="AsyncLimiter"))
+
+    def __exit__(self, *exc: object) -> None:
+        """Never reached: ``__enter__`` refuses plain ``with``."""
+
+    def __repr__(self) -> str:
+        held, waiting = len(self._leases), len(self._waiters)
+        state = "closed" if self._closed else f"holding {held}, waiting {waiting}"
+        return f"<AsyncLimiter {self._core.display} {state}>"
+
+    @property
+    def db(self) -> str:
+        """The database this limiter uses (path or URL)."""
+        return self._core.display
+
+    @property
+    def config(self) -> Config:
+        """The config this limiter was opened with."""
+        return self._core.config
+
+    @property
+    def lease_ttl(self) -> float:
+        """Seconds a lease lives without renewal."""
+        return self._core.ttl
+
+    # --- acquiring -----------------------------------------------------------------------------
+
+    async def acquire_with_fallback(
+        self,
+        primary: ModelKey | str,
+        fallback_chain: Iterable[ModelKey | str] | str | None = None,
+        *,
+        holder: str | None = None,
+    ) -> Acquired[AsyncLease] | QueueWait:
+        """Grant the first candidate with room (primary, chain, capability, CLI), never waiting.
+
+        Returns ``Acquired(lease)``, or ``QueueWait(primary)`` when every candidate is full, or at
+        once when the global cap is.
+        """
+        request = self._core.request(
+            primary, fallback_chain, fallback=True, enqueue=False, label=holder
+        )
+        outcome = await self._acquire(request, wait=False, timeout=None)
+        return Acquired(outcome) if isinstance(outcome, AsyncLease) else outcome
+
+    async def acquire_wait(
+        self, key: ModelKey | str, timeout: float | None = None, *, holder: str | None = None
+    ) -> AsyncLease:
+        """Wait in the fair queue for ``key`` itself (no fallback).
+
+        Raises ``AcquireTimeout`` after ``timeout`` seconds; None waits as long as it takes.
+        Cancelling the task removes its ticket.
+        """
+        request = self._core.request(key, None, fallback=False, enqueue=True, label=holder)
+        outcome = await self._acquire(request, wait=True, timeout=timeout)
+        assert isinstance(outcome, AsyncLease)
+        return outcome
+
+    def acquire(
+        self,
+        primary: ModelKey | str,
+        fallback_chain: Iterable[ModelKey | str] | str | None = None,
+        *,
+        timeout: float | None = None,
+        holder: str | None = None,
+    ) -> _Acquiring:
+        """``acquire_with_fallback``, then the fair queue for the primary.
+
+        ``lease = await limiter.acquire(...)``, or ``async with limiter.acquire(...) as lease``.
+        """
+        request = self._core.request(
+            primary, fallback_chain, fallback=True, enqueue=True, label=holder
+        )
+
+        async def start() -> AsyncLease:
+            outcome = await self._acquire(request, wait=True, timeout=timeout)
+            assert isinstance(outcome, AsyncLease)
+            return outcome
+
+        return _Acquiring(start)
+
+    async def _claim(self, request: ClaimRequest) -> ClaimResult:
+        return await self._run(self._core.claim, request, write=True)
+
+    async def _acquire(
+        self, request: ClaimRequest, *, wait: bool, timeout: float | None
+    ) -> AsyncLease | QueueWait:
+        core = self._core
+        deadline = core.deadline(timeout)
+        await self._ensure_open()
+        waiter: _Waiter | None = None
+        inflight: asyncio.Task[ClaimResult] | None = None
+        try:
+            inflight = asyncio.ensure_future(self._claim(request))
+            result = await asyncio.shield(inflight)
+            inflight = None
+            while result.lease is None:
+                if not wait:
+                    return QueueWait(request.primary, core.refusal(result))
+                if deadline is not None and monotonic() >= deadline:
+                    raise core.timeout_error(request, result, timeout)
+                request = core.with_ticket(request, result)
+                if waiter is None:
+                    waiter = self._register(request)
+                waiter.request = request
+                await self._wait_for_turn(waiter, deadline)
+                inflight = asyncio.ensure_future(self._claim(request))
+                result = await asyncio.shield(inflight)
+                inflight = None
+            return self._adopt(result.lease)
+        except BaseException:
+            if wait or inflight is not None:
+                await self._undo(request, inflight)
+            raise
+        finally:
+            if waiter is not None:
+                self._waiters.pop(request.ticket_token, None)
+
+    async def _undo(
+        self, request: ClaimRequest, inflight: asyncio.Task[ClaimResult] | None
+    ) -> None:
+        """After a cancelled or failed acquire: let its claim finish, then remove what it left."""
+
+        async def undo() -> None:
+            if inflight is not None:
+                with contextlib.suppress(BaseException):
+                    await inflight  # a claim is never cut off halfway through its transaction
+            with contextlib.suppress(Exception):
+                await self._run(self._core.discard, request, write=True)
+
+        task = asyncio.ensure_future(undo())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # If we are cancelled again meanwhile, the cleanup still runs to completion.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    def _register(self, request: ClaimRequest) -> _Waiter:
+        waiter = _Waiter(request)
+        self._waiters[request.ticket_token] = waiter
+        self._wanted.set()
+        self._ensure_task("_watcher", self._watch)
+        self._ensure_task("_heartbeat", self._beat)
+        return waiter
+
+    async def _wait_for_turn(self, waiter: _Waiter, deadline: float | None) -> None:
+        """Sleep until the watcher says this waiter could be granted, or the deadline."""
+        remaining = None if deadline is None else max(0.0, deadline - monotonic())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(waiter.event.wait(), remaining)
+        waiter.event.clear()
+        if self._closed:
+            raise LimiterClosedError(
+                f"AsyncLimiter on {self._core.display} was closed while waiting"
+            )
+
+    def _adopt(self, record: LeaseRecord | None) -> AsyncLease:
+        # No await between the claim's return and here: a cancellation cannot strand the lease.
+        assert record is not None
+        lease = AsyncLease(self, record)
+        if self._closed:
+            task = asyncio.ensure_future(lease.release())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            raise LimiterClosedError(
+                f"AsyncLimiter on {self._core.display} was closed while acquiring"
+            )
+        self._leases[lease.id] = lease
+        self._ensure_task("_heartbeat", self._beat)
+        return lease
+
+    async def _release(self, lease: AsyncLease) -> None:
+        self._leases.pop(lease.id, None)
+        if not await self._run(self._core.release, lease.id, lease.token, write=True):
+            lease._mark_lost()  # noqa: SLF001
+            log.warning("%r was reclaimed before its release (it had expired)", lease)
+
+    # --- background tasks ------------------------------------------------------------------------
+
+    def _ensure_task(self, attribute: str, factory: Callable[[], Any]) -> None:
+        current: asyncio.Task[None] | None = getattr(self, attribute)
+        if (current is None or current.done()) and not self._closed:
+            setattr(self, attribute, asyncio.ensure_future(factory()))
+
+    async def _watch(self) -> None:
+        """Wake the waiting tasks whose turn has come (see the module docstring).
+
+        Runs for the limiter's life once started, holding a connection only while tasks wait.
+        """
+        engine = await self._ensure_open()
+        while not self._closed:
+            if not self._waiters:
+                # No await between this check and clear(): a task registering now sets it after.
+                self._wanted.clear()
+                await self._wanted.wait()
+                continue
+            try:
+                async with engine.connect() as conn:
+                    await self._watch_on(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - wake everyone: their own claims report errors
+                log.warning("waiter watch of %r failed: %s", self, exc)
+                for waiter in self._waiters.values():
+                    waiter.event.set()
+                await asyncio.sleep(self._core.max_poll_interval)
+
+    async def _watch_on(self, conn: AsyncConnection) -> None:
+        core = self._core
+        version = -1  # look once at the start: a release may predate the first poll
+        swept = monotonic()
+        while self._waiters and not self._closed:
+            current = await conn.run_sync(data_version)
+            if monotonic() - swept >= core.max_poll_interval:
+                swept = monotonic()
+                async with self._write_lock:
+                    await conn.run_sync(core.reap)
+            elif current == version:
+                await asyncio.sleep(core.poll_interval)
+                continue
+            version = current
+            waiters = list(self._waiters.values())
+            verdicts = await conn.run_sync(core.could_grant, [w.request for w in waiters])
+            for waiter, could in zip(waiters, verdicts, strict=True):
+                if could:
+                    waiter.event.set()
+            await asyncio.sleep(core.poll_interval)
+
+    async def _beat(self) -> None:
+        while not self._closed:  # close() cancels this task
+            await asyncio.sleep(self._core.ttl / 3)
+            if not self._leases and not self._waiters:
+                continue
+            try:
+                await self.renew()
+            except Exception as exc:  # noqa: BLE001 - a heartbeat must outlive a bad moment
+                log.warning("heartbeat of %r failed: %s", self, exc)
+
+    async def renew(self) -> list[AsyncLease]:
+        """Renew every lease and ticket this limiter holds now; returns leases found lost.
+
+        The heartbeat task does this every TTL/3.
+        """
+        held = dict(self._leases)
+        expires, lost_ids = await self._run(self._core.renew, list(held), write=True)
+        lost = []
+        for lease_id, lease in held.items():
+            if lease_id in lost_ids:
+                lease._mark_lost()  # noqa: SLF001
+                self._leases.pop(lease_id, None)
+                lost.append(lease)
+            else:
+                lease.expires_ts = expires
+        return lost
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def resolve_limit(self, key: ModelKey | str) -> int:
+        """The limit in force for ``key``: its ``models`` row, else this config's rule."""
+        return await self._run(self._core.resolve_limit, key)
+
+    async def leases(self) -> list[LeaseInfo]:
+        """Every lease in the database (all processes), oldest first."""
+        return await self._run(self._core.leases)
+
+    async def waiters(self) -> list[TicketInfo]:
+        """Every queued waiter (all processes), in the order they will be served."""
+        return await self._run(self._core.waiters)
+
+    async def status(self) -> Status:
+        """The global cap and each model's limit, use and queue."""
+        return await self._run(self._core.status)
+
+    async def explain(
+        self,
+        primary: ModelKey | str,
+        fallback_chain: Iterable[ModelKey | str] | str | None = None,
+    ) -> Explanation:
+        """The candidates ``acquire_with_fallback`` would try now, in order, each with a reason."""
+
+        def explain(conn: Connection) -> Explanation:
+            return self._core.explain(conn, primary, fallback_chain)
+
+        return await self._run(explain)
+
+    async def reap(self) -> list[Reaped]:
+        """Remove expired leases and tickets and those of provably dead holders, now."""
+        return await self._run(self._core.reap, write=True)

@@ -1,0 +1,258 @@
+"""What only the asyncio face has: async-with only, cancellation safety, many tasks, loop lag."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collet_limiter import (
+    AcquireTimeout,
+    AsyncContextError,
+    AsyncLease,
+    AsyncLimiter,
+    Config,
+    Limiter,
+    ModelKey,
+)
+
+from .conftest import make_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+ONE = make_config(models=[{"name": "m", "concurrency_limit": 1}])
+
+
+def rows(db: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query).fetchall()
+
+
+def fast(db: Path, config: Config = ONE, **kwargs: float) -> AsyncLimiter:
+    kwargs.setdefault("poll_interval", 0.002)
+    kwargs.setdefault("max_poll_interval", 0.05)
+    return AsyncLimiter(db, config=config, **kwargs)
+
+
+def test_plain_with_says_to_use_async_with(db: Path) -> None:
+    async def main() -> None:
+        limiter = fast(db)
+        message = "AsyncLimiter must be used with 'async with'"
+        with pytest.raises(AsyncContextError, match=message), limiter:  # type: ignore[attr-defined]
+            pass
+        async with limiter:
+            message = r"acquire\(\) must be used with 'async with'"
+            with pytest.raises(AsyncContextError, match=message), limiter.acquire("p/m"):  # type: ignore[attr-defined]
+                pass
+            lease = await limiter.acquire("p/m")
+            message = "AsyncLease must be used with 'async with'"
+            with pytest.raises(TypeError, match=message), lease:  # type: ignore[attr-defined]
+                pass
+            await lease.release()
+
+    asyncio.run(main())
+
+
+def test_acquire_is_awaitable_and_an_async_context_manager(db: Path) -> None:
+    async def main() -> None:
+        async with fast(db) as limiter:
+            async with limiter.acquire("p/m", holder="t") as lease:
+                assert isinstance(lease, AsyncLease) and lease.holder == "t"
+                assert [info.key for info in await limiter.leases()] == [ModelKey("p", "m")]
+            assert lease.released and await limiter.leases() == []
+            lease = await limiter.acquire("p/m")
+            async with lease:
+                pass
+            assert await limiter.leases() == []
+
+    asyncio.run(main())
+
+
+def test_a_task_cancelled_while_queued_removes_its_ticket(db: Path) -> None:
+    async def main() -> None:
+        async with fast(db) as limiter:
+            held = await limiter.acquire("p/m")
+            task = asyncio.ensure_future(limiter.acquire_wait("p/m"))
+            while not await limiter.waiters():
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await limiter.waiters() == []
+            await held.release()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
+def test_asyncio_timeout_around_acquire_works(db: Path) -> None:
+    async def main() -> None:
+        async with fast(db) as limiter:
+            held = await limiter.acquire("p/m")
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):  # type: ignore[attr-defined]
+                    await limiter.acquire("p/m")
+            assert await limiter.waiters() == []
+            assert [info.id for info in await limiter.leases()] == [held.id]
+
+    asyncio.run(main())
+
+
+def test_acquire_wait_timeout_raises_acquire_timeout(db: Path) -> None:
+    async def main() -> None:
+        async with fast(db) as limiter:
+            await limiter.acquire("p/m")
+            with pytest.raises(AcquireTimeout, match="no permit for p/m within 0.05s"):
+                await limiter.acquire_wait("p/m", timeout=0.05)
+            assert await limiter.waiters() == []
+
+    asyncio.run(main())
+
+
+@settings(max_examples=40)
+@given(delay=st.floats(min_value=0, max_value=0.02), contended=st.booleans())
+def test_cancelling_acquire_at_any_point_never_strands_a_lease(
+    tmp_path_factory: pytest.TempPathFactory, delay: float, contended: bool
+) -> None:
+    """Cancel at a hypothesis-chosen moment: either the caller got the lease, or nothing is left."""
+    db = tmp_path_factory.mktemp("cancel") / "limiter.db"
+
+    async def main() -> None:
+        async with fast(db) as limiter:
+            blocker = await limiter.acquire("p/m") if contended else None
+            if blocker is not None:
+                asyncio.get_running_loop().call_later(
+                    delay / 2, lambda: asyncio.ensure_future(blocker.release())
+                )
+            task = asyncio.ensure_future(limiter.acquire("p/m", holder="victim"))
+            await asyncio.sleep(delay)
+            task.cancel()
+            lease = None
+            with contextlib.suppress(asyncio.CancelledError):
+                lease = await task
+            await asyncio.sleep(0)  # let a shielded cleanup finish
+            victims = rows(db, "select count(*) from leases where holder = 'victim'")[0][0]
+            assert victims == (1 if lease is not None else 0)
+            assert rows(db, "select count(*) from waiters") == [(0,)]
+            if lease is not None:
+                await lease.release()
+
+    asyncio.run(main())
+
+
+def test_a_thousand_tasks_over_three_models_keep_the_limits(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every task finishes, the limits hold; the loop lag is measured and printed."""
+    limits = {"a": 3, "b": 2, "c": 4}
+    config = make_config(
+        collaboration={"max_agents": 8},
+        models=[{"name": name, "concurrency_limit": limit} for name, limit in limits.items()],
+    )
+    holding = dict.fromkeys(limits, 0)
+    peak = dict.fromkeys(limits, 0)
+    lags: list[float] = []
+
+    async def monitor(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - started - 0.001)
+
+    async def main() -> None:
+        async with fast(db, config, max_poll_interval=0.25) as limiter:
+            stop = asyncio.Event()
+            watch = asyncio.ensure_future(monitor(stop))
+
+            async def task(index: int) -> None:
+                model = "abc"[index % 3]
+                async with limiter.acquire(f"p/{model}", holder=str(index)) as lease:
+                    assert lease.key.model == model  # no fallback configured: queue for it
+                    holding[model] += 1
+                    peak[model] = max(peak[model], holding[model])
+                    await asyncio.sleep(0.002)
+                    holding[model] -= 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(task(i) for i in range(1000)))
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await watch
+            assert await limiter.leases() == [] and await limiter.waiters() == []
+            lags.sort()
+            with capsys.disabled():
+                print(
+                    f"\n1000 tasks: {elapsed:.1f} s; loop lag p50 {lags[len(lags) // 2] * 1e3:.2f} ms,"
+                    f" p99 {lags[int(len(lags) * 0.99)] * 1e3:.2f} ms, max {lags[-1] * 1e3:.2f} ms"
+                )
+
+    asyncio.run(main())
+    assert all(1 <= peak[m] <= limits[m] for m in limits), peak
+    assert sum(peak.values()) >= 3
+
+
+def test_one_heartbeat_task_per_limiter_however_many_leases(db: Path) -> None:
+    async def main() -> None:
+        async with fast(db, make_config(collaboration={"max_agents": 20})) as limiter:
+            threads = threading.active_count()
+            first = await limiter.acquire("p/x")
+            tasks = len(asyncio.all_tasks())
+            more = [await limiter.acquire(f"p/m{i}") for i in range(15)]
+            assert len(asyncio.all_tasks()) == tasks
+            assert threading.active_count() == threads
+            for lease in [first, *more]:
+                await lease.release()
+
+    asyncio.run(main())
+
+
+def test_the_heartbeat_renews_async_leases(db: Path) -> None:
+    async def main() -> None:
+        async with fast(db, lease_ttl=0.3) as limiter:
+            lease = await limiter.acquire("p/m")
+            first_expiry = lease.expires_at
+            await asyncio.sleep(0.35)  # three heartbeats at TTL/3
+            assert lease.expires_at > first_expiry and not lease.lost
+            (info,) = await limiter.leases()
+            assert info.expires_at == lease.expires_at
+
+    asyncio.run(main())
+
+
+def test_sync_and_async_waiters_share_one_fifo_queue(db: Path) -> None:
+    with Limiter(db, config=ONE, poll_interval=0.002) as sync_limiter:
+        held = sync_limiter.acquire("p/m")
+        order: list[str] = []
+
+        def sync_waiter() -> None:
+            with sync_limiter.acquire_wait("p/m", timeout=30):
+                order.append("sync")
+                time.sleep(0.02)
+
+        async def main() -> None:
+            async with fast(db) as limiter:
+                task = asyncio.ensure_future(limiter.acquire_wait("p/m", timeout=30))
+                while len(await limiter.waiters()) < 1:
+                    await asyncio.sleep(0.001)
+                thread = threading.Thread(target=sync_waiter)
+                thread.start()
+                while len(await limiter.waiters()) < 2:
+                    await asyncio.sleep(0.001)
+                await asyncio.get_running_loop().run_in_executor(None, held.release)
+                lease = await task
+                order.append("async")
+                await asyncio.sleep(0.02)
+                await lease.release()
+                await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
+
+        asyncio.run(main())
+        assert order == ["async", "sync"]
