@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sqlite3
 import sys
 import threading
@@ -152,7 +153,11 @@ def test_cancelling_acquire_at_any_point_never_strands_a_lease(
 def test_a_thousand_tasks_over_three_models_keep_the_limits(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Every task finishes, the limits hold; the loop lag is measured and printed."""
+    """Every task finishes and the limits hold; the loop lag is measured and printed.
+
+    Lag is how late a 1 ms sleep wakes up. CPython's full (generation 2) garbage collections
+    also stop the loop; they are timed separately, since they are the interpreter's, not ours.
+    """
     limits = {"a": 3, "b": 2, "c": 4}
     config = make_config(
         collaboration={"max_agents": 8},
@@ -161,6 +166,14 @@ def test_a_thousand_tasks_over_three_models_keep_the_limits(
     holding = dict.fromkeys(limits, 0)
     peak = dict.fromkeys(limits, 0)
     lags: list[float] = []
+    collections: list[float] = []
+    started_gc: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started_gc.append(time.perf_counter())
+        elif info["generation"] == 2 and started_gc:
+            collections.append(time.perf_counter() - started_gc[-1])
 
     async def monitor(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -168,7 +181,7 @@ def test_a_thousand_tasks_over_three_models_keep_the_limits(
             await asyncio.sleep(0.001)
             lags.append(time.perf_counter() - started - 0.001)
 
-    async def main() -> None:
+    async def main() -> float:
         async with fast(db, config, max_poll_interval=0.25) as limiter:
             stop = asyncio.Event()
             watch = asyncio.ensure_future(monitor(stop))
@@ -187,17 +200,23 @@ def test_a_thousand_tasks_over_three_models_keep_the_limits(
             elapsed = time.perf_counter() - started
             stop.set()
             await watch
-            assert await limiter.leases() == [] and await limiter.waiters() == []
-            lags.sort()
-            with capsys.disabled():
-                print(
-                    f"\n1000 tasks: {elapsed:.1f} s; loop lag p50 {lags[len(lags) // 2] * 1e3:.2f} ms,"
-                    f" p99 {lags[int(len(lags) * 0.99)] * 1e3:.2f} ms, max {lags[-1] * 1e3:.2f} ms"
-                )
+            assert await limiter.leases() == []
+            assert await limiter.waiters() == []
+            return elapsed
 
-    asyncio.run(main())
+    gc.callbacks.append(on_gc)
+    try:
+        elapsed = asyncio.run(main())
+    finally:
+        gc.callbacks.remove(on_gc)
     assert all(1 <= peak[m] <= limits[m] for m in limits), peak
-    assert sum(peak.values()) >= 3
+    lags.sort()
+    with capsys.disabled():
+        print(
+            f"\n1000 tasks over 3 models: {elapsed:.1f} s; loop lag p50 {lags[len(lags) // 2] * 1e3:.2f} ms, "
+            f"p99 {lags[int(len(lags) * 0.99)] * 1e3:.2f} ms, max {lags[-1] * 1e3:.1f} ms; "
+            f"{len(collections)} full GCs, longest {max(collections, default=0) * 1e3:.1f} ms"
+        )
 
 
 def test_one_heartbeat_task_per_limiter_however_many_leases(db: Path) -> None:

@@ -116,28 +116,16 @@ def run_churn(
     *,
     processes: int,
     count: int,
+    async_every: int = 0,
 ) -> list[Path]:
+    """Churn in ``processes`` processes; every ``async_every``-th one uses AsyncLimiter (3 tasks)."""
     files = [tmp_path / f"events-{index}.txt" for index in range(processes)]
-    children = [
-        spawn(
-            "churn",
-            "--db",
-            str(db),
-            "--config",
-            str(config),
-            "--events",
-            str(path),
-            "--models",
-            ",".join(LIMITS),
-            "--count",
-            str(count),
-            "--seed",
-            str(index),
-            "--hold-ms",
-            "20",
-        )
-        for index, path in enumerate(files)
-    ]
+    children = []
+    for index, path in enumerate(files):
+        tasks = "3" if async_every and index % async_every == 0 else "0"
+        args = ["--db", str(db), "--config", str(config), "--events", str(path)]
+        args += ["--models", ",".join(LIMITS), "--count", str(count), "--seed", str(index)]
+        children.append(spawn("churn", *args, "--hold-ms", "20", "--async-tasks", tasks))
     for child in children:
         _, err = child.communicate(timeout=TIMEOUT * 2)
         assert child.returncode == 0, err
@@ -155,6 +143,19 @@ def test_sixteen_processes_never_exceed_a_limit_or_the_global_cap(
     assert seen.peak_total <= 4
     assert seen.peak_total == 4, "the test should drive the global cap to its limit"
     assert seen.via["primary"] > 0 and seen.via["queue"] > 0
+    assert table(db, "select count(*) from leases") == [(0,)]
+    assert table(db, "select count(*) from waiters") == [(0,)]
+
+
+def test_sync_and_async_processes_share_the_limits(
+    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path, tmp_path: Path
+) -> None:
+    files = run_churn(spawn, db, config_file, tmp_path, processes=8, count=30, async_every=2)
+    seen = observe_files(files)
+    assert seen.enters == seen.exits == 8 * 30
+    for key, limit in LIMITS.items():
+        assert 1 <= seen.peak[key] <= limit, (key, seen.peak)
+    assert seen.peak_total <= 4
     assert table(db, "select count(*) from leases") == [(0,)]
     assert table(db, "select count(*) from waiters") == [(0,)]
 

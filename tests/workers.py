@@ -44,6 +44,40 @@ def churn(args: argparse.Namespace) -> int:
     return 0
 
 
+def churn_async(args: argparse.Namespace) -> int:
+    """``churn`` with an AsyncLimiter and ``async_tasks`` concurrent tasks in this process."""
+    import asyncio
+
+    from collet_limiter import AsyncLimiter
+
+    rng = random.Random(args.seed)
+    models = args.models.split(",")
+    config = load_config(args.config) if args.config else None
+
+    async def main() -> None:
+        limiter = AsyncLimiter(
+            args.db, config=config, poll_interval=args.poll, max_poll_interval=args.max_poll
+        )
+        async with limiter:
+            with open(args.events, "a", buffering=1) as events:
+
+                async def task(count: int) -> None:
+                    for _ in range(count):
+                        primary = rng.choice(models)
+                        chain = [m for m in models if m != primary] if rng.random() < 0.5 else []
+                        async with limiter.acquire(primary, chain, holder="async") as lease:
+                            events.write(f"{time.monotonic_ns()} + {lease.key} {lease.via}\n")
+                            await asyncio.sleep(rng.uniform(0, args.hold_ms / 1000))
+                            events.write(f"{time.monotonic_ns()} - {lease.key} {lease.via}\n")
+
+                share, extra = divmod(args.count, args.async_tasks)
+                counts = [share + (i < extra) for i in range(args.async_tasks)]
+                await asyncio.gather(*(task(count) for count in counts))
+
+    asyncio.run(main())
+    return 0
+
+
 def hold(args: argparse.Namespace) -> int:
     """Acquire ``model`` and hold it until killed (or stdin closes)."""
     limiter = _limiter(args)
@@ -100,7 +134,10 @@ def main() -> int:
     parser.add_argument("--max-poll", type=float, default=0.2)
     parser.add_argument("--ttl", type=float)
     parser.add_argument("--go")
+    parser.add_argument("--async-tasks", type=int, default=0)
     args = parser.parse_args()
+    if args.command == "churn" and args.async_tasks:
+        return churn_async(args)
     command = {"churn": churn, "hold": hold, "wait": wait, "open": open_at_once}[args.command]
     return command(args)
 
