@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._agents import load_agent_chain
 from ._aio import AsyncLease, AsyncLimiter
 from ._config import Config, load_config
+from ._doctor import Diagnosis, diagnose
 from ._errors import (
     AcquireTimeout,
     AsyncContextError,
@@ -25,6 +26,7 @@ from ._errors import (
     SchemaVersionError,
     StorageError,
 )
+from ._inspect import Inspector
 from ._keys import ModelKey, parse_providers_chain
 from ._limiter import Lease, Limiter
 from ._profiles import CostTier, ModelProfile, default_concurrency, profile_for
@@ -55,7 +57,9 @@ __all__ = [
     "DatabaseBusyError",
     "DatabaseCorruptError",
     "DatabaseUnavailableError",
+    "Diagnosis",
     "Explanation",
+    "Inspector",
     "InvalidKeyError",
     "Lease",
     "LeaseInfo",
@@ -73,6 +77,7 @@ __all__ = [
     "TicketInfo",
     "__version__",
     "default_concurrency",
+    "diagnose",
     "load_agent_chain",
     "load_config",
     "parse_providers_chain",
