@@ -1,0 +1,227 @@
+"""What the commands print, without rich: the ``--json`` documents and plain-text formatting.
+
+The JSON shapes are documented in docs/cli.md and are stable: fields may be added, never renamed
+or removed. Times are UTC ISO 8601 with milliseconds and a ``Z``; durations are seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from collet_limiter import (
+        Diagnosis,
+        Explanation,
+        LeaseInfo,
+        ModelKey,
+        ModelStatus,
+        Reaped,
+        Status,
+        TicketInfo,
+    )
+
+
+def iso(moment: datetime) -> str:
+    """``2026-11-27T23:07:55.123Z``, the form the database's ``*_at`` columns use."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: ``4.2s``, ``3m07s``, ``2h05m``."""
+    if seconds < 0:
+        return "-" + duration(-seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        minutes, secs = divmod(int(seconds), 60)
+        return f"{minutes}m{secs:02d}s"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m"
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """The JSON text of a document (indented: people read it too)."""
+    return json.dumps(data, indent=2, sort_keys=False)
+
+
+def model_data(model: ModelStatus) -> dict[str, Any]:
+    """One model of ``status --json``."""
+    return {
+        "key": str(model.key),
+        "provider": model.key.provider,
+        "model": model.key.model,
+        "limit": model.limit,
+        "in_use": model.in_use,
+        "waiting": model.waiting,
+        "cost_tier": model.cost_tier.value,
+        "supports_tool_use": model.supports_tool_use,
+        "is_cli": model.is_cli,
+        "configured": model.configured,
+    }
+
+
+def status_data(status: Status, *, db: str) -> dict[str, Any]:
+    """``status --json``."""
+    return {
+        "db": db,
+        "max_agents": status.max_agents,
+        "in_use": status.in_use,
+        "waiting": status.waiting,
+        "models": [model_data(model) for model in status.models],
+    }
+
+
+def lease_data(lease: LeaseInfo, *, now: float) -> dict[str, Any]:
+    """One lease of ``leases --json``."""
+    return {
+        "id": lease.id,
+        "key": str(lease.key),
+        "primary": str(lease.primary),
+        "via": lease.via,
+        "holder": lease.holder,
+        "pid": lease.pid,
+        "host": lease.host,
+        "acquired_at": iso(lease.acquired_at),
+        "expires_at": iso(lease.expires_at),
+        "age_secs": round(now - lease.acquired_at.timestamp(), 3),
+        "expires_in_secs": round(lease.expires_at.timestamp() - now, 3),
+        "holder_alive": lease.holder_alive,
+    }
+
+
+def waiter_data(ticket: TicketInfo, *, now: float) -> dict[str, Any]:
+    """One waiter of ``leases --json``."""
+    return {
+        "id": ticket.id,
+        "key": str(ticket.key),
+        "holder": ticket.holder,
+        "pid": ticket.pid,
+        "host": ticket.host,
+        "enqueued_at": iso(ticket.enqueued_at),
+        "waited_secs": round(now - ticket.enqueued_at.timestamp(), 3),
+    }
+
+
+def leases_data(
+    leases: Sequence[LeaseInfo], waiters: Sequence[TicketInfo], *, db: str, now: float
+) -> dict[str, Any]:
+    """``leases --json``: every lease, and the queue in the order it will be served."""
+    return {
+        "db": db,
+        "leases": [lease_data(lease, now=now) for lease in leases],
+        "waiters": [waiter_data(ticket, now=now) for ticket in waiters],
+    }
+
+
+def explanation_data(
+    explanation: Explanation, *, chain: Sequence[ModelKey], db: str
+) -> dict[str, Any]:
+    """``explain --json``."""
+    choice = explanation.choice
+    return {
+        "db": db,
+        "primary": str(explanation.primary),
+        "chain": [str(key) for key in chain],
+        "global": explanation.global_reason,
+        "choice": None if choice is None else {"key": str(choice.key), "via": choice.via},
+        "candidates": [
+            {
+                "key": str(candidate.key),
+                "via": candidate.via,
+                "eligible": candidate.eligible,
+                "has_room": candidate.has_room,
+                "reason": candidate.reason,
+            }
+            for candidate in explanation.candidates
+        ],
+    }
+
+
+def reaped_data(reaped: Sequence[Reaped], *, db: str) -> dict[str, Any]:
+    """``reap --json``."""
+    return {
+        "db": db,
+        "reaped": [
+            {
+                "kind": item.kind,
+                "id": item.id,
+                "key": str(item.key),
+                "pid": item.pid,
+                "host": item.host,
+                "holder": item.holder,
+                "reason": item.reason,
+            }
+            for item in reaped
+        ],
+    }
+
+
+def reaped_lines(reaped: Sequence[Reaped]) -> list[str]:
+    """``reap`` for people: one line per removed lease or ticket."""
+    if not reaped:
+        return ["nothing to reap: every lease and ticket is live"]
+    lines = []
+    for item in reaped:
+        label = f", holder {item.holder!r}" if item.holder else ""
+        lines.append(
+            f"removed {item.kind} {item.id} on {item.key} (pid {item.pid} on {item.host}{label}): "
+            f"{item.reason}"
+        )
+    return lines
+
+
+def diagnosis_lines(diagnosis: Diagnosis, *, created: bool | None = None) -> list[str]:
+    """``doctor`` and ``init`` for people: facts, then problems and notes."""
+    d = diagnosis
+    lines = [f"database       {d.db}"]
+    if created is not None:
+        lines.append(f"  created      {'yes, just now' if created else 'no, it existed'}")
+    if d.exists:
+        lines.append(
+            f"  file         {d.size} bytes, mode {d.file_mode}, owner {d.file_owner}; "
+            f"directory mode {d.dir_mode}"
+        )
+    else:
+        lines.append("  file         does not exist")
+    if d.is_database:
+        state = (
+            "current"
+            if d.schema_revision == d.expected_revision
+            else f"expected {d.expected_revision}"
+        )
+        lines.append(f"  schema       {d.schema_revision or 'none'} ({state})")
+        lines.append(f"  journal mode {d.journal_mode}")
+    elif d.is_database is False:
+        lines.append("  contents     not a usable SQLite database")
+    kind = "network: WAL is unsafe" if d.network_filesystem else "local"
+    lines.append(f"  filesystem   {d.filesystem or 'unknown'} ({kind})")
+    if d.models is not None:
+        lines.append(
+            f"  contents     {d.models} models, {d.leases} leases, {d.waiters} waiting, "
+            f"global cap {d.max_agents}"
+        )
+    lines.append(f"config in use  {d.config_source} (fingerprint {d.config_fingerprint})")
+    if d.stored_fingerprint is not None:
+        same = "differs from the config in use" if d.config_differs else "same as the config in use"
+        lines.append(
+            f"  database's   {d.stored_config_source}, written {d.stored_config_written_at} "
+            f"(fingerprint {d.stored_fingerprint}): {same}"
+        )
+    lines += [f"problem: {problem}" for problem in d.problems]
+    lines += [f"note: {note}" for note in d.notes]
+    count = len(d.problems)
+    lines.append("ok: no problems found" if d.ok else f"{count} problem{'s' * (count != 1)} found")
+    return lines
+
+
+def status_line(status: Status) -> str:
+    """The whole status on one line, for logs and pipes: ``zai/glm-5 2/2 ... global 4/5``."""
+    models = "  ".join(
+        f"{m.key} {m.in_use}/{m.limit}" + (f" ({m.waiting} waiting)" if m.waiting else "")
+        for m in status.models
+    )
+    return f"{models}  global {status.in_use}/{status.max_agents}  waiting {status.waiting}"
