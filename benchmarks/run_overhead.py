@@ -1,0 +1,101 @@
+"""What `collet-limiter run` costs: `run --model x/y -- true` against `true` and `flock FILE true`.
+
+    python benchmarks/run_overhead.py [--runs 60]
+
+Each command is started the same way (subprocess.run, no shell) one after another on an idle
+database (created beforehand), after a few warm-up runs; the wall time of each start-to-exit is
+recorded. The overhead columns subtract the mean of `true` and of `flock`. Two reference rows
+show where `run`'s time goes: the interpreter starting, and `import collet_limiter`.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def cli() -> list[str]:
+    """The installed console script, else the module through this interpreter."""
+    script = shutil.which("collet-limiter") or str(Path(sys.executable).with_name("collet-limiter"))
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "collet_limiter"]
+
+
+def timed(argv: list[str], runs: int, warmup: int, env: dict[str, str]) -> list[float]:
+    """Wall-clock milliseconds of each of ``runs`` runs of ``argv``."""
+    for _ in range(warmup):
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+
+    flock = shutil.which("flock")
+    true = shutil.which("true") or "/bin/true"
+    with tempfile.TemporaryDirectory(prefix="collet-run-overhead-") as tmp:
+        db = str(Path(tmp) / "limiter.db")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("COLLET_LIMITER_", "COLLET_COLLAB"))
+        }
+        env["XDG_STATE_HOME"] = tmp
+        subprocess.run([*cli(), "--db", db, "init"], check=True, env=env, stdout=subprocess.DEVNULL)
+        commands: list[tuple[str, list[str]]] = [("true", [true])]
+        if flock:
+            commands.append((f"flock {tmp}/x true", [flock, str(Path(tmp) / "x"), true]))
+        commands += [
+            (
+                "collet-limiter run --model x/y -- true",
+                [*cli(), "--db", db, "run", "--model", "x/y", "--", true],
+            ),
+            ("(reference) python -c pass", [sys.executable, "-c", "pass"]),
+            (
+                "(reference) python -c 'import collet_limiter'",
+                [sys.executable, "-c", "import collet_limiter"],
+            ),
+        ]
+        results = {name: timed(argv, args.runs, args.warmup, env) for name, argv in commands}
+
+    base_true = statistics.fmean(results["true"])
+    flocked = [v for k, v in results.items() if k.startswith("flock")]
+    base_flock = statistics.fmean(flocked[0]) if flocked else float("nan")
+    print(
+        f"{args.runs} runs each after {args.warmup} warm-up runs; {os.cpu_count()} CPUs; "
+        f"Python {sys.version.split()[0]}\n"
+    )
+    print("| command | mean ms | p50 ms | p95 ms | overhead vs true, ms | overhead vs flock, ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, samples in results.items():
+        mean = statistics.fmean(samples)
+        print(
+            f"| `{name}` | {mean:.1f} | {percentile(samples, 50):.1f} | "
+            f"{percentile(samples, 95):.1f} | {mean - base_true:+.1f} | {mean - base_flock:+.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
