@@ -60,3 +60,18 @@ def test_a_full_global_cap_admits_nobody() -> None:
 def test_a_lowered_limit_leaves_no_room_until_holders_drain() -> None:
     s = Snapshot(limits={A: 1}, held={A: 3}, ahead={A: 2}, cap=10)
     assert s.free(A) == -2 and not s.model_has_room(A) and s.global_waiters_ahead() == 0
+
+
+def test_admissible_wakes_exactly_the_waiters_a_claim_would_grant() -> None:
+    from collet_limiter._fairness import admissible
+
+    limits = {A: 2, B: 2}
+    assert admissible(QUEUE, limits, {}, cap=10) == [1, 2, 3]  # A has 2 free: tickets 1 and 3
+    assert admissible(QUEUE, limits, {A: 1}, cap=10) == [1, 2]
+    assert admissible(QUEUE, limits, {}, cap=1) == [1]  # one global slot, to the oldest
+    assert admissible(QUEUE, limits, {A: 2}, cap=3) == [2]  # A is full: B's waiter goes first
+    for ticket in admissible(QUEUE, limits, {A: 1}, cap=3):
+        counts = ahead_of_each(QUEUE, [ticket])[ticket]
+        assert Snapshot(limits=limits, held={A: 1}, ahead=counts, cap=3).admits(
+            dict((t, k) for t, k in QUEUE)[ticket]
+        )

@@ -3,11 +3,14 @@
 Every transaction is the sync code of ``Core``, run through ``AsyncConnection.run_sync``; only
 waiting and heartbeats are written for asyncio:
 
-- One watcher task per AsyncLimiter reads ``PRAGMA data_version`` every ``poll_interval`` while
-  any of its tasks wait. When another connection committed, it looks, in one lock-free read for
-  all of them, which waiting tasks would now be granted and wakes only those; every
-  ``max_poll_interval`` it first reaps expired leases and dead holders. A thousand waiting tasks
-  cost one poll, not a thousand.
+- Wake-ups are pushed (see ``_wake``): the limiter's datagram socket and its pidfds on holders
+  are watched with ``loop.add_reader``, so a release elsewhere wakes the right task at once and a
+  holder's death triggers a reap at once.
+- One watcher task per AsyncLimiter backs this up while any of its tasks wait: it reads
+  ``PRAGMA data_version`` every ``poll_interval`` and, when another connection committed, looks
+  in one lock-free read for all of them which waiting tasks would now be granted, and wakes only
+  those; it reaps when a lease is due to expire and at least every ``max_poll_interval`` when it
+  cannot watch every holder. A thousand waiting tasks cost one poll, not a thousand.
 - One heartbeat task per AsyncLimiter renews all its leases and tickets every TTL/3.
 - A claim is never cancelled halfway: it runs shielded, and a cancelled acquire waits for it to
   finish and then removes whatever it left (its ticket, a lease nobody will hold).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,20 +34,27 @@ from ._errors import (
 )
 from ._lease import BaseLease
 from ._results import Acquired, QueueWait
+from ._wake import PidWatch, WakeSocket, WriterLock
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Iterable
+    from collections.abc import AsyncIterator, Callable, Generator, Iterable
     from types import TracebackType
 
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+    from ._claim import ClaimRequest, ClaimResult
     from ._config import Config
     from ._keys import ModelKey
     from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
-    from ._store import ClaimRequest, ClaimResult, LeaseRecord
+    from ._store import LeaseRecord
 
 T = TypeVar("T")
+
+# See _limiter for both: the waiting task's own safety-net claim, and the sweep interval when
+# every holder on this host is watched.
+SAFETY_CLAIM_SECS = 30.0
+WATCHED_SWEEP_SECS = 10.0
 
 _WITH_MESSAGE = "{name} must be used with 'async with', not 'with'"
 
@@ -170,6 +181,12 @@ class AsyncLimiter:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._writer: WriterLock | None = None
+        self._wake = WakeSocket()
+        self._pids = PidWatch()
+        self._poke = asyncio.Event()  # something happened that the watcher should look at
+        self._sweep_now = False
+        self._readers: set[int] = set()
 
     # --- opening, closing, running transactions ------------------------------------------------
 
@@ -185,6 +202,8 @@ class AsyncLimiter:
                 core = self._core
                 with translate_driver_errors(core.display):
                     core.prepare_file()
+                    assert core.target.path is not None
+                    self._writer = WriterLock(core.target.path)
                     engine = create_aiosqlite_engine(
                         core.target,
                         busy_timeout_ms=core.busy_timeout_ms,
@@ -200,10 +219,16 @@ class AsyncLimiter:
         return self._engine
 
     def _after_fork(self) -> None:
-        # A child must not use the parent's connections, tasks or leases.
+        # A child must not use the parent's connections, tasks, locks or leases.
         if self._engine is not None:
             self._engine.sync_engine.dispose(close=False)
         self._engine = None
+        if self._writer is not None:
+            self._writer.close()  # flock() locks belong to the open file, shared with the parent
+            self._writer = None
+        self._wake.close()
+        self._pids.close()
+        self._wake, self._pids, self._readers = WakeSocket(), PidWatch(), set()
         self._leases, self._waiters, self._tasks = {}, {}, set()
         self._heartbeat = self._watcher = None
         self._core.reset_identity()
@@ -222,7 +247,26 @@ class AsyncLimiter:
                     return await conn.run_sync(func, *args)
 
     def _writing(self, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
-        return self._write_lock if write else contextlib.nullcontext()
+        return self._turn_to_write() if write else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def _turn_to_write(self) -> AsyncIterator[None]:
+        """This task's turn to write: the limiter's lock, then the cross-process writer lock.
+
+        The writer lock is taken without blocking the loop: short waits, doubling up to 2 ms,
+        while another process writes (a write transaction lasts well under a millisecond).
+        """
+        async with self._write_lock:
+            writer = self._writer
+            assert writer is not None
+            delay = 0.0001
+            while not writer.try_acquire():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.002)
+            try:
+                yield
+            finally:
+                writer.release()
 
     async def open(self) -> AsyncLimiter:
         """Open (create or upgrade) the database now rather than on first use."""
@@ -240,19 +284,24 @@ class AsyncLimiter:
         for task in (self._heartbeat, self._watcher):
             if task is not None:
                 task.cancel()
+        self._stop_readers()
         pending = [t for t in (self._heartbeat, self._watcher, *self._tasks) if t is not None]
         await asyncio.gather(*pending, return_exceptions=True)
         engine = self._engine
         if engine is not None and self._core.pid == os.getpid():
             try:
                 with translate_driver_errors(self._core.display):
-                    async with self._write_lock, engine.connect() as conn:
+                    async with self._turn_to_write(), engine.connect() as conn:
                         await conn.run_sync(self._core.release_owner)
             finally:
                 for lease in self._leases.values():
                     lease._released = True  # noqa: SLF001
                 self._leases.clear()
                 await engine.dispose()
+                if self._writer is not None:
+                    self._writer.close()
+        self._wake.close()
+        self._pids.close()
 
     async def __aenter__(self) -> AsyncLimiter:
         return await self.open()
@@ -319,7 +368,9 @@ class AsyncLimiter:
         Raises ``AcquireTimeout`` after ``timeout`` seconds; None waits as long as it takes.
         Cancelling the task removes its ticket.
         """
-        request = self._core.request(key, None, fallback=False, enqueue=True, label=holder)
+        request = self._core.request(
+            key, None, fallback=False, enqueue=True, label=holder, wake_addr=self._wake.address
+        )
         outcome = await self._acquire(request, wait=True, timeout=timeout)
         assert isinstance(outcome, AsyncLease)
         return outcome
@@ -337,7 +388,12 @@ class AsyncLimiter:
         ``lease = await limiter.acquire(...)``, or ``async with limiter.acquire(...) as lease``.
         """
         request = self._core.request(
-            primary, fallback_chain, fallback=True, enqueue=True, label=holder
+            primary,
+            fallback_chain,
+            fallback=True,
+            enqueue=True,
+            label=holder,
+            wake_addr=self._wake.address,
         )
 
         async def start() -> AsyncLease:
@@ -407,13 +463,16 @@ class AsyncLimiter:
         waiter = _Waiter(request)
         self._waiters[request.ticket_token] = waiter
         self._wanted.set()
+        self._poke.set()  # the watcher looks at once, with the new waiter in view
         self._ensure_task("_watcher", self._watch)
         self._ensure_task("_heartbeat", self._beat)
         return waiter
 
     async def _wait_for_turn(self, waiter: _Waiter, deadline: float | None) -> None:
-        """Sleep until the watcher says this waiter could be granted, or the deadline."""
-        remaining = None if deadline is None else max(0.0, deadline - monotonic())
+        """Sleep until this waiter is woken (its turn may have come), or the deadline."""
+        remaining = SAFETY_CLAIM_SECS
+        if deadline is not None:
+            remaining = min(remaining, max(0.0, deadline - monotonic()))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(waiter.event.wait(), remaining)
         waiter.event.clear()
@@ -456,6 +515,7 @@ class AsyncLimiter:
         Runs for the limiter's life once started, holding a connection only while tasks wait.
         """
         engine = await self._ensure_open()
+        self._start_reader(self._wake.fileno(), self._on_datagram)
         while not self._closed:
             if not self._waiters:
                 # No await between this check and clear(): a task registering now sets it after.
@@ -475,24 +535,73 @@ class AsyncLimiter:
 
     async def _watch_on(self, conn: AsyncConnection) -> None:
         core = self._core
-        version = -1  # look once at the start: a release may predate the first poll
-        swept = monotonic()
+        version, look = -1, True
+        sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
         while self._waiters and not self._closed:
-            current = await conn.run_sync(data_version)
-            if monotonic() - swept >= core.max_poll_interval:
-                swept = monotonic()
-                async with self._write_lock:
+            if self._sweep_now:
+                self._sweep_now, look = False, True
+                async with self._turn_to_write():
                     await conn.run_sync(core.reap)
-            elif current == version:
-                await asyncio.sleep(core.poll_interval)
-                continue
-            version = current
-            waiters = list(self._waiters.values())
-            verdicts = await conn.run_sync(core.could_grant, [w.request for w in waiters])
-            for waiter, could in zip(waiters, verdicts, strict=True):
-                if could:
-                    waiter.event.set()
-            await asyncio.sleep(core.poll_interval)
+                interval = WATCHED_SWEEP_SECS if self._pids.complete else core.max_poll_interval
+                sweep_due = monotonic() + interval
+            if look:
+                look = False
+                version = await conn.run_sync(data_version)  # before looking, as in _limiter
+                waiters = list(self._waiters.values())
+                flags, outlook = await conn.run_sync(core.could_grant, [w.request for w in waiters])
+                for waiter, could in zip(waiters, flags, strict=True):
+                    if could:
+                        waiter.event.set()
+                self._drop_pid_readers()  # before update() closes (and the kernel reuses) fds
+                self._sweep_now = self._pids.update(outlook.holders)
+                for fd in self._pids.fds():
+                    self._start_reader(fd, self._on_death)
+                if outlook.next_expiry is not None:
+                    expiry_due = monotonic() + max(0.0, outlook.next_expiry - core.clock()) + 0.001
+                if self._sweep_now:
+                    continue
+            now = monotonic()
+            timeout = max(0.0, min(core.poll_interval, sweep_due - now, expiry_due - now))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), timeout)
+            if self._poke.is_set():
+                self._poke.clear()
+                look = True
+            now = monotonic()
+            if now >= sweep_due or now >= expiry_due:
+                self._sweep_now, expiry_due = True, math.inf
+            if await conn.run_sync(data_version) != version:
+                look = True
+
+    def _start_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        if fd >= 0 and fd not in self._readers:
+            asyncio.get_running_loop().add_reader(fd, callback)
+            self._readers.add(fd)
+
+    def _stop_readers(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            loop = asyncio.get_running_loop()
+            for fd in self._readers:
+                loop.remove_reader(fd)
+        self._readers.clear()
+
+    def _drop_pid_readers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in self._readers - {self._wake.fileno()}:
+            loop.remove_reader(fd)
+            self._readers.discard(fd)
+
+    def _on_datagram(self) -> None:
+        tickets = self._wake.drain()
+        for waiter in self._waiters.values():
+            if waiter.request.ticket in tickets:
+                waiter.event.set()
+
+    def _on_death(self) -> None:
+        # A pidfd stays readable once its process exited: stop listening until the next look.
+        self._drop_pid_readers()
+        self._sweep_now = True
+        self._poke.set()
 
     async def _beat(self) -> None:
         while not self._closed:  # close() cancels this task

@@ -17,7 +17,8 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
-from . import _store
+from . import _claim, _store
+from ._claim import ClaimRequest, ClaimResult
 from ._config import ENV_DB, Config, default_db_path, load_config
 from ._engine import (
     Target,
@@ -40,7 +41,7 @@ from ._results import (
     Status,
     TicketInfo,
 )
-from ._store import ClaimRequest, ClaimResult
+from ._wake import notify
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from ._fallback import ModelRow
-    from ._store import Removed
+    from ._store import Outlook, Removed
 
 log: Final = logging.getLogger("collet_limiter")
 
@@ -118,6 +119,7 @@ class Core:
         fallback: bool,
         enqueue: bool,
         label: str | None,
+        wake_addr: str | None = None,
     ) -> ClaimRequest:
         """A claim request from this process for ``primary``."""
         if label is not None and not isinstance(label, str):
@@ -134,6 +136,7 @@ class Core:
             token=new_token(),
             ticket_token=new_token(),
             ttl=self.ttl,
+            wake_addr=wake_addr,
         )
 
     @staticmethod
@@ -250,29 +253,42 @@ class Core:
     def claim(self, conn: Connection, request: ClaimRequest) -> ClaimResult:
         """One claim attempt in a write transaction, logged."""
         with write_transaction(conn):
-            result = _store.claim(conn, request, self.clock(), self.demand)
+            result = _claim.claim(conn, request, self.clock(), self.demand)
+        notify(result.wake)
         self.log_claim(request, result)
         return result
 
-    def could_grant(self, conn: Connection, requests: Sequence[ClaimRequest]) -> list[bool]:
+    def could_grant(
+        self, conn: Connection, requests: Sequence[ClaimRequest]
+    ) -> tuple[list[bool], Outlook]:
         """For queued requests, whether each would be granted now: one lock-free read."""
         with read_transaction(conn):
-            return _store.could_grant(conn, requests)
+            return _claim.could_grant(conn, requests, self.holder.host_id)
+
+    # Every transaction that frees room ends by waking the waiters a claim would now admit:
+    # their addresses are read inside the transaction and notified after it commits.
 
     def release(self, conn: Connection, lease_id: int, token: str) -> bool:
         """Delete one lease; False when it was already reclaimed."""
         with write_transaction(conn):
-            return _store.release(conn, lease_id, token)
+            released = _store.release(conn, lease_id, token)
+            wake = _store.wake_targets(conn) if released else []
+        notify(wake)
+        return released
 
     def discard(self, conn: Connection, request: ClaimRequest) -> None:
         """Remove whatever an interrupted acquire left: its ticket, and a lease it never got."""
         with write_transaction(conn):
             _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
+            wake = _store.wake_targets(conn)
+        notify(wake)
 
     def release_owner(self, conn: Connection) -> None:
         """Delete every lease and ticket of this limiter instance."""
         with write_transaction(conn):
             _store.release_owner(conn, self.owner)
+            wake = _store.wake_targets(conn)
+        notify(wake)
 
     def renew(self, conn: Connection, lease_ids: Collection[int]) -> tuple[float, set[int]]:
         """Renew this instance's leases and tickets; returns (new expiry, ids found lost)."""
@@ -292,6 +308,8 @@ class Core:
         """Remove expired leases and tickets and those of provably dead holders."""
         with write_transaction(conn):
             removed = _store.reap(conn, self.clock(), my_host=self.holder.host_id)
+            wake = _store.wake_targets(conn) if removed else []
+        notify(wake)
         for item in removed:
             log_reaped(item)
         return [Reaped.from_removed(item) for item in removed]
@@ -353,7 +371,7 @@ class Core:
         key = coerce_key(primary, what="primary model")
         keys = coerce_chain(chain)
         with read_transaction(conn):
-            verdicts, global_reason = _store.explain(conn, key, keys, self.demand)
+            verdicts, global_reason = _claim.explain(conn, key, keys, self.demand)
         return Explanation(
             primary=key,
             candidates=tuple(CandidateReport.from_verdict(v) for v in verdicts),

@@ -104,3 +104,31 @@ def ahead_of_each(
             out[ticket] = dict(counts)
         counts[key] = counts.get(key, 0) + 1
     return out
+
+
+def admissible(
+    queue: Iterable[tuple[int, ModelKey]],
+    limits: Mapping[ModelKey, int],
+    held: Mapping[ModelKey, int],
+    cap: int,
+) -> list[int]:
+    """The tickets a claim would grant right now, in queue order: the ones worth waking.
+
+    The same rule as ``Snapshot``, for every waiter in one pass: a waiter is admissible when its
+    model's free slots exceed the waiters of that model ahead of it, and the free global slots
+    exceed the earlier waiters whose own model had room.
+    """
+    ahead: dict[ModelKey, int] = {}
+    with_room = 0
+    global_free = cap - sum(held.values())
+    out = []
+    for ticket, key in sorted(queue):
+        if key not in limits:
+            continue
+        before = ahead.get(key, 0)
+        ahead[key] = before + 1
+        if limits[key] - held.get(key, 0) > before:
+            if global_free > with_room:
+                out.append(ticket)
+            with_room += 1
+    return out

@@ -5,29 +5,54 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
+import select
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from ._core import Core, log, monotonic
 from ._engine import create_sqlite_engine, data_version
 from ._errors import ConfigError, LimiterClosedError, translate_driver_errors
 from ._lease import BaseLease
 from ._results import Acquired, QueueWait
+from ._wake import PidWatch, WakeSocket, WriterLock
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
+    from pathlib import Path
     from types import TracebackType
 
     from sqlalchemy.engine import Connection, Engine
 
+    from ._claim import ClaimRequest, ClaimResult
     from ._config import Config
     from ._keys import ModelKey
     from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
-    from ._store import ClaimRequest, ClaimResult, LeaseRecord
+    from ._store import LeaseRecord
+
+T = TypeVar("T")
 
 _LIVE: weakref.WeakSet[Limiter] = weakref.WeakSet()
+
+# A waiting thread claims on its own at least this often, in case its watcher is wedged: the
+# watcher normally wakes it the moment its turn comes, so this only bounds a bug's damage.
+SAFETY_CLAIM_SECS: Final = 30.0
+# How often a watcher sweeps for expired leases and dead holders when it watches every holder
+# on this host through pidfds: deaths then wake it at once and expiries have their own timer,
+# so the sweep only guards against what it cannot observe (another host's clock, a clock step).
+WATCHED_SWEEP_SECS: Final = 10.0
+
+
+class _Waiter:
+    """A thread of this Limiter waiting in the queue, and the event that wakes it."""
+
+    __slots__ = ("event", "request")
+
+    def __init__(self, request: ClaimRequest) -> None:
+        self.request = request
+        self.event = threading.Event()
 
 
 class Lease(BaseLease):
@@ -99,40 +124,67 @@ class Limiter:
                 path=core.display,
             )
         self._lock = threading.RLock()
-        # Threads of this process take turns to write (see AsyncLimiter._run for why).
+        # Threads of this process take turns to write, then processes take turns through the
+        # writer lock: SQLite admits one writer at a time anyway (see _wake for why we queue
+        # in the kernel rather than in SQLite's busy handler).
         self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
         self._leases: dict[int, Lease] = {}
-        self._waiting = 0
+        self._waiters: dict[str, _Waiter] = {}
         self._heartbeat: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         core.prepare_file()
         self._engine: Engine = create_sqlite_engine(
             core.target, busy_timeout_ms=core.busy_timeout_ms
         )
         try:
-            with translate_driver_errors(core.display), self._engine.connect() as conn:
-                core.open_database(conn)
+            with translate_driver_errors(core.display):
+                self._writer = WriterLock(self._path)
+                with self._engine.connect() as conn:
+                    core.open_database(conn)
         except BaseException:
             self._engine.dispose()
             raise
+        self._open_wakeups()
         _LIVE.add(self)
 
     # --- connections, forking, closing ---------------------------------------------------------
 
+    @property
+    def _path(self) -> Path:
+        path = self._core.target.path
+        assert path is not None
+        return path
+
+    def _open_wakeups(self) -> None:
+        self._wake = WakeSocket()
+        self._pids = PidWatch()
+        self._interrupt_r, self._interrupt_w = os.pipe()
+        os.set_blocking(self._interrupt_r, False)
+
     def _after_fork(self) -> None:
-        # In a child: never touch the parent's connections, threads or leases.
+        # In a child: never touch the parent's connections, threads, locks or leases. Inherited
+        # descriptors are dropped: the writer lock especially, since flock() locks belong to the
+        # open file, which a child shares with its parent.
         self._engine.dispose(close=False)
+        for fd in (self._interrupt_r, self._interrupt_w):
+            os.close(fd)
+        self._wake.close()
+        self._pids.close()
+        self._writer.close()
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._leases = {}
-        self._waiting = 0
-        self._heartbeat = None
+        self._waiters = {}
+        self._heartbeat = self._watcher = None
         self._core.reset_identity()
         self._engine = create_sqlite_engine(
             self._core.target, busy_timeout_ms=self._core.busy_timeout_ms
         )
+        self._writer = WriterLock(self._path)
+        self._open_wakeups()
 
     def _check(self) -> Engine:
         if self._core.pid != os.getpid():
@@ -150,26 +202,50 @@ class Limiter:
         ):
             yield conn
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold this process's turn to write: the thread lock, then the writer lock."""
+        with self._write_lock:
+            self._writer.acquire()
+            try:
+                yield
+            finally:
+                self._writer.release()
+
+    def _write(self, func: Callable[[Connection], T], engine: Engine | None = None) -> T:
+        """Run one write transaction in this process's turn."""
+        with self._connection(engine) as conn, self._writing():
+            return func(conn)
+
     def close(self) -> None:
         """Stop the heartbeat and release every lease and ticket this Limiter holds. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            for waiter in self._waiters.values():
+                waiter.event.set()
         self._closing.set()
-        heartbeat = self._heartbeat
-        if heartbeat is not None and heartbeat is not threading.current_thread():
-            heartbeat.join()
-        if self._core.pid == os.getpid():
-            try:
-                with self._write_lock, self._connection(self._engine) as conn:
-                    self._core.release_owner(conn)
-            finally:
-                for lease in list(self._leases.values()):
-                    lease._released = True  # noqa: SLF001
-                self._leases.clear()
-                self._engine.dispose()
-        _LIVE.discard(self)
+        if self._core.pid != os.getpid():
+            _LIVE.discard(self)
+            return
+        self._interrupt()
+        for thread in (self._heartbeat, self._watcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
+        try:
+            self._write(self._core.release_owner, self._engine)
+        finally:
+            for lease in list(self._leases.values()):
+                lease._released = True  # noqa: SLF001
+            self._leases.clear()
+            self._engine.dispose()
+            self._wake.close()
+            self._pids.close()
+            self._writer.close()
+            for fd in (self._interrupt_r, self._interrupt_w):
+                os.close(fd)
+            _LIVE.discard(self)
 
     def __enter__(self) -> Limiter:
         return self
@@ -183,9 +259,8 @@ class Limiter:
         self.close()
 
     def __repr__(self) -> str:
-        state = (
-            "closed" if self._closed else f"holding {len(self._leases)}, waiting {self._waiting}"
-        )
+        held, waiting = len(self._leases), len(self._waiters)
+        state = "closed" if self._closed else f"holding {held}, waiting {waiting}"
         return f"<Limiter {self._core.display} {state}>"
 
     @property
@@ -230,7 +305,9 @@ class Limiter:
 
         Raises ``AcquireTimeout`` after ``timeout`` seconds; None waits as long as it takes.
         """
-        request = self._core.request(key, None, fallback=False, enqueue=True, label=holder)
+        request = self._core.request(
+            key, None, fallback=False, enqueue=True, label=holder, wake_addr=self._wake.address
+        )
         outcome = self._acquire(request, wait=True, timeout=timeout)
         assert isinstance(outcome, Lease)
         return outcome
@@ -249,7 +326,12 @@ class Limiter:
         slip in between.
         """
         request = self._core.request(
-            primary, fallback_chain, fallback=True, enqueue=True, label=holder
+            primary,
+            fallback_chain,
+            fallback=True,
+            enqueue=True,
+            label=holder,
+            wake_addr=self._wake.address,
         )
         outcome = self._acquire(request, wait=True, timeout=timeout)
         assert isinstance(outcome, Lease)
@@ -260,77 +342,123 @@ class Limiter:
     ) -> Lease | QueueWait:
         core = self._core
         deadline = core.deadline(timeout)
-        engine = self._check()
-        queued = False
+        self._check()
+        waiter: _Waiter | None = None
         try:
-            with self._connection(engine) as conn:
-                version = data_version(conn)
-                result = self._claim(conn, request)
-                while result.lease is None:
-                    if not wait:
-                        return QueueWait(request.primary, core.refusal(result))
-                    if deadline is not None and monotonic() >= deadline:
-                        raise core.timeout_error(request, result, timeout)
-                    if not queued:
-                        queued = True
-                        self._waiting_changed(+1)
-                    request = core.with_ticket(request, result)
-                    version = self._wait_for_turn(conn, request, version, deadline)
-                    result = self._claim(conn, request)
-                return self._adopt(result.lease)
+            result = self._claim(request)
+            while result.lease is None:
+                if not wait:
+                    return QueueWait(request.primary, core.refusal(result))
+                if deadline is not None and monotonic() >= deadline:
+                    raise core.timeout_error(request, result, timeout)
+                request = core.with_ticket(request, result)
+                if waiter is None:
+                    waiter = self._register(request)
+                waiter.request = request
+                remaining = math.inf if deadline is None else max(0.0, deadline - monotonic())
+                waiter.event.wait(min(remaining, SAFETY_CLAIM_SECS))
+                waiter.event.clear()
+                if self._closed:
+                    raise LimiterClosedError(f"Limiter on {core.display} was closed while waiting")
+                result = self._claim(request)
+            return self._adopt(result.lease)
         except BaseException:
             if wait:
-                with (
-                    contextlib.suppress(Exception),
-                    self._write_lock,
-                    self._connection(self._engine) as conn,
-                ):
-                    core.discard(conn, request)
+                with contextlib.suppress(Exception):
+                    self._write(lambda conn: core.discard(conn, request), self._engine)
             raise
         finally:
-            if queued:
-                self._waiting_changed(-1)
+            if waiter is not None:
+                with self._lock:
+                    self._waiters.pop(request.ticket_token, None)
 
-    def _claim(self, conn: Connection, request: ClaimRequest) -> ClaimResult:
-        with self._write_lock:
-            return self._core.claim(conn, request)
+    def _claim(self, request: ClaimRequest) -> ClaimResult:
+        return self._write(lambda conn: self._core.claim(conn, request))
 
-    def _wait_for_turn(
-        self, conn: Connection, request: ClaimRequest, version: int, deadline: float | None
-    ) -> int:
-        """Sleep until this waiter could be granted, ``max_poll_interval`` passes, or the deadline.
-
-        Every ``poll_interval`` it reads ``PRAGMA data_version``; when another connection has
-        committed it looks, without a lock, whether its ticket would now be granted. Every
-        ``max_poll_interval`` it returns regardless, so that a claim can reap expired leases and
-        dead holders, which change nothing by themselves. The version is read before each look,
-        so a commit landing in between costs one spare look, never a missed wake-up. Returns
-        the version to compare against next time.
-        """
-        core = self._core
-        started = monotonic()
-        while True:
-            now = monotonic()
-            if deadline is not None and now >= deadline:
-                return version
-            delay = (
-                core.poll_interval if deadline is None else min(core.poll_interval, deadline - now)
-            )
-            if self._closing.wait(delay):
-                raise LimiterClosedError(f"Limiter on {core.display} was closed while waiting")
-            current = data_version(conn)
-            if monotonic() - started >= core.max_poll_interval:
-                return current
-            if current != version:
-                version = current
-                if core.could_grant(conn, [request])[0]:
-                    return version
-
-    def _waiting_changed(self, delta: int) -> None:
+    def _register(self, request: ClaimRequest) -> _Waiter:
+        waiter = _Waiter(request)
         with self._lock:
-            self._waiting += delta
-            if delta > 0:
-                self._ensure_heartbeat()
+            self._waiters[request.ticket_token] = waiter
+            self._ensure_thread("_heartbeat", self._beat, "heartbeat")
+            self._ensure_thread("_watcher", self._watch, "watcher")
+        self._interrupt()  # the watcher looks at once, with the new waiter in view
+        return waiter
+
+    def _interrupt(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._interrupt_w, b"!")
+
+    # --- the watcher ---------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Wake this Limiter's waiting threads when their turn comes (see _wake).
+
+        Runs while the Limiter lives, holding a connection only while threads wait.
+        """
+        while not self._closed:
+            if not self._waiters:
+                with contextlib.suppress(OSError):
+                    select.select([self._interrupt_r], [], [], self._core.max_poll_interval)
+                    self._drain_interrupts()
+                continue
+            try:
+                with self._connection(self._engine) as conn:
+                    self._watch_on(conn)
+            except Exception as exc:  # noqa: BLE001 - wake everyone: their own claims report it
+                log.warning("waiter watch of %r failed: %s", self, exc)
+                self._wake_waiters(None)
+                self._closing.wait(self._core.max_poll_interval)
+
+    def _watch_on(self, conn: Connection) -> None:
+        core = self._core
+        version, look, sweep = -1, True, False
+        sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
+        while self._waiters and not self._closed:
+            if sweep:
+                self._write(core.reap, self._engine)
+                sweep, look = False, True
+                interval = WATCHED_SWEEP_SECS if self._pids.complete else core.max_poll_interval
+                sweep_due = monotonic() + interval
+            if look:
+                look = False
+                version = data_version(conn)  # before looking: a later commit is seen next time
+                waiters = list(self._waiters.values())
+                flags, outlook = core.could_grant(conn, [w.request for w in waiters])
+                for waiter, could in zip(waiters, flags, strict=True):
+                    if could:
+                        waiter.event.set()
+                sweep = self._pids.update(outlook.holders)
+                if outlook.next_expiry is not None:
+                    expiry_due = monotonic() + max(0.0, outlook.next_expiry - core.clock()) + 0.001
+                if sweep:
+                    continue
+            now = monotonic()
+            timeout = max(0.0, min(core.poll_interval, sweep_due - now, expiry_due - now))
+            pidfds = self._pids.fds()
+            waited = [fd for fd in (self._wake.fileno(), self._interrupt_r, *pidfds) if fd >= 0]
+            ready, _, _ = select.select(waited, [], [], timeout)
+            if self._wake.fileno() in ready:
+                self._wake_waiters(self._wake.drain())
+            if self._interrupt_r in ready:
+                self._drain_interrupts()
+                look = True
+            now = monotonic()
+            if any(fd in ready for fd in pidfds) or now >= sweep_due or now >= expiry_due:
+                sweep, expiry_due = True, math.inf
+            if data_version(conn) != version:
+                look = True
+
+    def _wake_waiters(self, tickets: set[int] | None) -> None:
+        """Set the events of the waiters holding ``tickets`` (all of them for None)."""
+        with self._lock:
+            for waiter in self._waiters.values():
+                if tickets is None or waiter.request.ticket in tickets:
+                    waiter.event.set()
+
+    def _drain_interrupts(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._interrupt_r, 512):
+                pass
 
     def _adopt(self, record: LeaseRecord | None) -> Lease:
         assert record is not None
@@ -339,7 +467,7 @@ class Limiter:
             closed = self._closed
             if not closed:
                 self._leases[lease.id] = lease
-                self._ensure_heartbeat()
+                self._ensure_thread("_heartbeat", self._beat, "heartbeat")
         if closed:
             lease.release()
             raise LimiterClosedError(f"Limiter on {self._core.display} was closed while acquiring")
@@ -348,28 +476,26 @@ class Limiter:
     def _release(self, lease: Lease) -> None:
         with self._lock:
             self._leases.pop(lease.id, None)
-        with self._write_lock, self._connection() as conn:
-            released = self._core.release(conn, lease.id, lease.token)
+        released = self._write(lambda conn: self._core.release(conn, lease.id, lease.token))
         if not released:
             lease._mark_lost()  # noqa: SLF001
             log.warning("%r was reclaimed before its release (it had expired)", lease)
 
     # --- heartbeat -----------------------------------------------------------------------------
 
-    def _ensure_heartbeat(self) -> None:
-        if self._heartbeat is None and not self._closed:
-            self._heartbeat = threading.Thread(
-                target=self._beat,
-                name=f"collet-limiter-heartbeat-{self._core.owner[:8]}",
-                daemon=True,
+    def _ensure_thread(self, attribute: str, target: Callable[[], None], role: str) -> None:
+        if getattr(self, attribute) is None and not self._closed:
+            thread = threading.Thread(
+                target=target, name=f"collet-limiter-{role}-{self._core.owner[:8]}", daemon=True
             )
-            self._heartbeat.start()
+            setattr(self, attribute, thread)
+            thread.start()
 
     def _beat(self) -> None:
         closing = self._closing
         while not closing.wait(self._core.ttl / 3):
             with self._lock:
-                busy = bool(self._leases) or self._waiting > 0
+                busy = bool(self._leases) or bool(self._waiters)
             if not busy:
                 continue
             try:
@@ -384,8 +510,7 @@ class Limiter:
         """
         with self._lock:
             held = dict(self._leases)
-        with self._write_lock, self._connection() as conn:
-            expires, lost_ids = self._core.renew(conn, held.keys())
+        expires, lost_ids = self._write(lambda conn: self._core.renew(conn, held.keys()))
         lost = []
         with self._lock:
             for lease_id, lease in held.items():
@@ -430,8 +555,7 @@ class Limiter:
 
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now."""
-        with self._write_lock, self._connection() as conn:
-            return self._core.reap(conn)
+        return self._write(self._core.reap)
 
 
 def _after_fork_in_child() -> None:

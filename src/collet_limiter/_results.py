@@ -11,10 +11,11 @@ from ._store import utc_datetime
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from ._claim import Verdict
     from ._fallback import Via
     from ._keys import ModelKey
     from ._profiles import CostTier
-    from ._store import LeaseRecord, Removed, TicketRecord, Verdict
+    from ._store import LeaseRecord, Removed, TicketRecord
 
 L = TypeVar("L")
 

@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 # The Alembic revision this code writes and reads. A test checks it is the scripts' head, so
 # opening an up-to-date database needs one SELECT and no Alembic import.
-SCHEMA_REVISION: Final = "0001_initial"
+SCHEMA_REVISION: Final = "0002_wake_addresses"
 
 metadata = MetaData()
 
@@ -82,6 +82,9 @@ waiters = Table(
     Column("expires_at", String, nullable=False),
     Column("enqueued_ts", Float, nullable=False),
     Column("expires_ts", Float, nullable=False),
+    # Where to send this waiter's wake-up: an abstract Unix datagram socket name (Linux), or
+    # NULL for a waiter that only polls.
+    Column("wake_addr", String, nullable=True),
     Index("ix_waiters_model", "provider", "model"),
     Index("ix_waiters_owner", "owner"),
 )

@@ -7,7 +7,7 @@ Limiter, the AsyncLimiter (through ``AsyncConnection.run_sync``) and any dialect
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
@@ -15,8 +15,8 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
-from ._fairness import Snapshot, ahead_of_each
-from ._fallback import Candidate, ModelRow, Via, plan
+from ._fairness import Snapshot, admissible
+from ._fallback import ModelRow, Via
 from ._identity import is_provably_dead
 from ._keys import ModelKey
 from ._profiles import CostTier
@@ -25,9 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Sequence
 
     from sqlalchemy import Select, Table, Update
-    from sqlalchemy.engine import Connection, CursorResult, Row
-
-    from ._identity import Holder
+    from sqlalchemy.engine import Connection, Row
 
 
 def utc_text(ts: float) -> str:
@@ -46,9 +44,6 @@ _SELECT_MODELS: Final = select(s.models)
 _SELECT_META: Final = select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key"))
 _HELD: Final = select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
     s.leases.c.provider, s.leases.c.model
-)
-_QUEUE: Final = select(s.waiters.c.id, s.waiters.c.provider, s.waiters.c.model).order_by(
-    s.waiters.c.id
 )
 _WAITING: Final = select(s.waiters.c.provider, s.waiters.c.model, func.count()).group_by(
     s.waiters.c.provider, s.waiters.c.model
@@ -140,44 +135,6 @@ class Removed:
     hostname: str
     holder: str | None
     reason: str  # "expired" or "holder dead"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """One fallback candidate with the decision about it."""
-
-    candidate: Candidate
-    granted: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    """What a claim asks for, and who asks."""
-
-    primary: ModelKey
-    chain: tuple[ModelKey, ...]
-    fallback: bool  # False: the primary only, as acquire_wait does
-    ticket: int | None  # the request's place in the queue, once queued
-    enqueue: bool  # queue a ticket for the primary when nothing is granted
-    holder: Holder
-    label: str | None
-    owner: str
-    token: str
-    ticket_token: str
-    ttl: float
-
-
-@dataclass(slots=True)
-class ClaimResult:
-    """What a claim did: the lease granted, or the ticket queued (or kept)."""
-
-    lease: LeaseRecord | None
-    ticket: int | None
-    verdicts: list[Verdict] = field(default_factory=list)
-    global_reason: str = ""
-    reaped: list[Removed] = field(default_factory=list)
-    requeued: bool = False  # the request's ticket had been reaped and was queued again
 
 
 def _model_row(row: Row[tuple[str, str, int, str, bool, bool, int | None]]) -> ModelRow:
@@ -335,11 +292,6 @@ def held_counts(conn: Connection) -> dict[ModelKey, int]:
     return {ModelKey(provider, model): count for provider, model, count in conn.execute(_HELD)}
 
 
-def queue(conn: Connection) -> list[tuple[int, ModelKey]]:
-    """(ticket, key) for every waiter, in queue order."""
-    return [(ticket, ModelKey(provider, model)) for ticket, provider, model in conn.execute(_QUEUE)]
-
-
 def waiting_counts(conn: Connection, before: int | None = None) -> dict[ModelKey, int]:
     """Waiters per model: all of them, or those queued before ticket ``before``."""
     rows = conn.execute(_WAITING) if before is None else conn.execute(_AHEAD, {"ticket_id": before})
@@ -359,6 +311,62 @@ def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | Non
 def ticket_exists(conn: Connection, ticket: int) -> bool:
     """Whether a ticket is still queued (reaping removes the tickets of stalled waiters)."""
     return bool(conn.execute(_TICKET_EXISTS, {"ticket_id": ticket}).scalar())
+
+
+_WAITERS: Final = select(
+    s.waiters.c.id,
+    s.waiters.c.provider,
+    s.waiters.c.model,
+    s.waiters.c.wake_addr,
+    s.waiters.c.pid,
+    s.waiters.c.pid_start,
+    s.waiters.c.host_id,
+    s.waiters.c.expires_ts,
+).order_by(s.waiters.c.id)
+_HOLDERS: Final = select(
+    s.leases.c.pid, s.leases.c.pid_start, s.leases.c.host_id, s.leases.c.expires_ts
+)
+
+
+def wake_targets(conn: Connection) -> list[tuple[str, int]]:
+    """(wake address, ticket) of every waiter a claim would grant now, to notify after commit.
+
+    Called at the end of every transaction that frees room (release, reap, discard): one read
+    of the queue, and nothing more when it is empty.
+    """
+    waiting = conn.execute(_WAITERS).all()
+    if not waiting:
+        return []
+    limits = {key: row.limit for key, row in read_models(conn).items()}
+    tickets = admissible(
+        [(row.id, ModelKey(row.provider, row.model)) for row in waiting],
+        limits,
+        held_counts(conn),
+        max_agents(conn),
+    )
+    addresses = {row.id: row.wake_addr for row in waiting}
+    return [(addresses[t], t) for t in tickets if addresses[t]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    """What a watcher needs besides the queue: who could die, and when something expires."""
+
+    holders: frozenset[tuple[int, float]]  # (pid, start) of this host's holders and waiters
+    next_expiry: float | None  # the earliest expiry of any lease or ticket
+
+
+def outlook(conn: Connection, waiting: Sequence[Any], my_host: str) -> Outlook:
+    """The holders a watcher can watch for death, and the next expiry, from one more read."""
+    leases = conn.execute(_HOLDERS).all()
+    rows = [*leases, *waiting]
+    holders = frozenset((r.pid, r.pid_start) for r in rows if r.host_id == my_host)
+    return Outlook(holders, min((r.expires_ts for r in rows), default=None))
+
+
+def waiters_detail(conn: Connection) -> Sequence[Any]:
+    """Every waiter (rows) with its wake address, process and expiry, in queue order."""
+    return conn.execute(_WAITERS).all()
 
 
 # --- reaping -----------------------------------------------------------------------------------
@@ -406,208 +414,12 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
     return removed
 
 
-# --- claiming ----------------------------------------------------------------------------------
-
-
-def _decide(
-    request: ClaimRequest, rows: dict[ModelKey, ModelRow], snap: Snapshot, ticket: int | None
-) -> tuple[Verdict | None, list[Verdict], str]:
-    if request.fallback:
-        candidates = plan(request.primary, request.chain, rows)
-    else:
-        via: Via = "queue" if ticket is not None else "primary"
-        candidates = [Candidate(request.primary, via, eligible=True, reason="the requested model")]
-    global_ok, global_reason = snap.global_verdict()
-    verdicts: list[Verdict] = []
-    for candidate in candidates:
-        if not candidate.eligible:
-            verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
-            continue
-        ok, reason = snap.model_verdict(candidate.key)
-        if ok and not global_ok:
-            ok, reason = False, global_reason
-        verdict = Verdict(candidate, granted=ok, reason=reason)
-        verdicts.append(verdict)
-        if ok:
-            return verdict, verdicts, global_reason
-        if not global_ok:
-            break  # no candidate can get past a full global cap
-    return None, verdicts, global_reason
-
-
-def _decide_now(
-    conn: Connection, request: ClaimRequest, rows: dict[ModelKey, ModelRow]
-) -> tuple[int | None, bool, tuple[Verdict | None, list[Verdict], str]]:
-    """Read the snapshot for the request and decide; returns (ticket, requeued, decision)."""
-    ticket, requeued = request.ticket, False
-    if ticket is not None and not ticket_exists(conn, ticket):
-        ticket, requeued = None, True  # our ticket was reaped while we were stalled
-    return ticket, requeued, _decide(request, rows, snapshot(conn, rows, ticket), ticket)
-
-
-def claim(
-    conn: Connection,
-    request: ClaimRequest,
-    now: float,
-    demand: Callable[[ModelKey], ModelRow],
-) -> ClaimResult:
-    """Grant a lease on the first candidate with room, or queue/keep a ticket. Write transaction.
-
-    Reaping happens only when the primary could not be granted, and is followed by a second
-    decision: an uncontended acquire never pays for it.
-    """
-    rows = read_models(conn)
-    ensure_models(conn, rows, (request.primary, *request.chain), demand)
-    ticket, requeued, (granted, verdicts, global_reason) = _decide_now(conn, request, rows)
-    reaped: list[Removed] = []
-    if granted is None or granted is not verdicts[0]:
-        # Something stood in the way of the primary: if it is dead or expired, reclaim it and
-        # decide again, so that a crashed holder never pushes a request onto a fallback.
-        reaped = reap(conn, now, my_host=request.holder.host_id)
-        if reaped:
-            again, requeued_now, (granted, verdicts, global_reason) = _decide_now(
-                conn, replace(request, ticket=ticket), rows
-            )
-            ticket, requeued = again, requeued or requeued_now
-
-    result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued)
-    if granted is not None:
-        result.lease = _insert_lease(conn, request, granted.candidate, now)
-        if ticket is not None:
-            conn.execute(_DELETE_TICKET, {"ticket_id": ticket})
-            result.ticket = None
-    elif ticket is None and (request.enqueue or requeued):
-        result.ticket = enqueue(conn, request, now)
-    return result
-
-
-def could_grant(conn: Connection, requests: Sequence[ClaimRequest]) -> list[bool]:
-    """For queued requests, whether each would be granted now, read without any lock.
-
-    Waiters look with this when another process committed, and only those it answers True for
-    (or whose ticket vanished) go on to ``claim`` and take the write lock. An answer can be stale
-    by the time it is used, which only delays a waiter until the next commit or periodic claim;
-    the periodic claim is also what reaps dead holders. One read of the queue answers for all.
-    """
-    rows = read_models(conn)
-    limits = {key: row.limit for key, row in rows.items()}
-    held, cap = held_counts(conn), max_agents(conn)
-    ahead = ahead_of_each(queue(conn), [r.ticket for r in requests if r.ticket is not None])
-    answers = []
-    for request in requests:
-        counts = ahead.get(request.ticket) if request.ticket is not None else None
-        if request.primary not in rows or counts is None:
-            answers.append(True)  # a config rewrite or a reaped ticket: claim sorts it out
-        else:
-            snap = Snapshot(limits=limits, held=held, ahead=counts, cap=cap)
-            answers.append(snap.admits(request.primary))
-    return answers
-
-
-def explain(
-    conn: Connection,
-    primary: ModelKey,
-    chain: Sequence[ModelKey],
-    demand: Callable[[ModelKey], ModelRow],
-) -> tuple[list[Verdict], str]:
-    """Every candidate with its verdict for a fresh request, without writing anything."""
-    rows = read_models(conn)
-    for key in (primary, *chain):
-        rows.setdefault(key, demand(key))
-    snap = snapshot(conn, rows, None)
-    global_ok, global_reason = snap.global_verdict()
-    verdicts: list[Verdict] = []
-    for candidate in plan(primary, chain, rows):
-        if not candidate.eligible:
-            verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
-            continue
-        ok, reason = snap.model_verdict(candidate.key)
-        if ok and not global_ok:
-            ok, reason = False, f"{reason}, but {global_reason}"
-        verdicts.append(Verdict(candidate, granted=ok, reason=reason))
-    return verdicts, global_reason
-
-
-def _inserted_id(result: CursorResult[Any]) -> int:
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
-
-
-def _insert_lease(
-    conn: Connection, request: ClaimRequest, candidate: Candidate, now: float
-) -> LeaseRecord:
-    holder = request.holder
-    expires = now + request.ttl
-    values = {
-        "token": request.token,
-        "provider": candidate.key.provider,
-        "model": candidate.key.model,
-        "primary_provider": request.primary.provider,
-        "primary_model": request.primary.model,
-        "via": candidate.via,
-        "holder": request.label,
-        "pid": holder.pid,
-        "pid_start": holder.pid_start,
-        "host_id": holder.host_id,
-        "hostname": holder.hostname,
-        "owner": request.owner,
-        "acquired_at": utc_text(now),
-        "expires_at": utc_text(expires),
-        "acquired_ts": now,
-        "expires_ts": expires,
-    }
-    lease_id = _inserted_id(conn.execute(_INSERT_LEASE, values))
-    return LeaseRecord(
-        id=lease_id,
-        token=request.token,
-        key=candidate.key,
-        primary=request.primary,
-        via=candidate.via,
-        holder=request.label,
-        pid=holder.pid,
-        pid_start=holder.pid_start,
-        host_id=holder.host_id,
-        hostname=holder.hostname,
-        owner=request.owner,
-        acquired_ts=now,
-        expires_ts=expires,
-    )
-
-
-def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
-    """Queue a ticket for the request's primary; returns the ticket. Write transaction."""
-    holder = request.holder
-    expires = now + request.ttl
-    values = {
-        "token": request.ticket_token,
-        "provider": request.primary.provider,
-        "model": request.primary.model,
-        "holder": request.label,
-        "pid": holder.pid,
-        "pid_start": holder.pid_start,
-        "host_id": holder.host_id,
-        "hostname": holder.hostname,
-        "owner": request.owner,
-        "enqueued_at": utc_text(now),
-        "expires_at": utc_text(expires),
-        "enqueued_ts": now,
-        "expires_ts": expires,
-    }
-    return _inserted_id(conn.execute(_INSERT_TICKET, values))
-
-
 # --- releasing and renewing --------------------------------------------------------------------
 
 
 def release(conn: Connection, lease_id: int, token: str) -> bool:
     """Delete one lease by id and token; False when it was already gone (reclaimed)."""
     return conn.execute(_RELEASE, {"lease_id": lease_id, "lease_token": token}).rowcount > 0
-
-
-def dequeue(conn: Connection, ticket_token: str) -> bool:
-    """Remove a ticket by its token; False when it was already gone."""
-    return conn.execute(delete(s.waiters).where(s.waiters.c.token == ticket_token)).rowcount > 0
 
 
 def discard(conn: Connection, *, lease_token: str, ticket_token: str) -> None:

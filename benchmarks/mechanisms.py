@@ -1,0 +1,227 @@
+"""The mechanisms the benchmark compares: collet-limiter (sync, async) and its peers.
+
+Each is a blocking counting semaphore of ``limit`` slots shared by processes: ``acquire()``
+blocks until a slot is held, ``release()`` gives it back. The peers are what a user would
+otherwise pick: a kernel POSIX named semaphore (the physical floor), the stdlib sqlite3 with a
+lease table and a 5 ms poll, portalocker's file-lock BoundedSemaphore with a 5 ms poll, and a
+Redis token list with BLPOP (server push).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+POLL = 0.005  # the peers' poll interval, as in the issue's table
+
+
+class Slot(Protocol):
+    """One process's handle on a shared semaphore."""
+
+    def acquire(self) -> None: ...
+    def release(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class ColletSync:
+    """collet-limiter's sync Limiter, one model of ``limit`` slots (and a cap that fits)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        from collet_limiter import Config, Limiter
+
+        config = Config.model_validate(
+            {
+                "collaboration": {"max_agents": 64},
+                "models": [{"name": "m", "concurrency_limit": params["limit"]}],
+            }
+        )
+        self.limiter = Limiter(params["db"], config=config)
+        self.lease: Any = None
+
+    def acquire(self) -> None:
+        self.lease = self.limiter.acquire_wait("bench/m")
+
+    def release(self) -> None:
+        self.lease.release()
+
+    def close(self) -> None:
+        self.limiter.close()
+
+
+class ColletAsync:
+    """collet-limiter's AsyncLimiter, driven from a blocking loop in the worker."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        from collet_limiter import AsyncLimiter, Config
+
+        config = Config.model_validate(
+            {
+                "collaboration": {"max_agents": 64},
+                "models": [{"name": "m", "concurrency_limit": params["limit"]}],
+            }
+        )
+        self.loop = asyncio.new_event_loop()
+        self.limiter = AsyncLimiter(params["db"], config=config)
+        self.loop.run_until_complete(self.limiter.open())
+        self.lease: Any = None
+
+    def acquire(self) -> None:
+        self.lease = self.loop.run_until_complete(self.limiter.acquire_wait("bench/m"))
+
+    def release(self) -> None:
+        self.loop.run_until_complete(self.lease.release())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.limiter.close())
+        self.loop.close()
+
+
+class Sqlite3Poll:
+    """stdlib sqlite3, a lease table like ours, BEGIN IMMEDIATE, polling every 5 ms."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.limit = params["limit"]
+        self.conn = sqlite3.connect(
+            params["db"], timeout=10, isolation_level=None, check_same_thread=False
+        )
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS peer_leases (id INTEGER PRIMARY KEY, pid INTEGER)"
+        )
+        self.lease_id: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            self.conn.execute("BEGIN IMMEDIATE")
+            (held,) = self.conn.execute("SELECT count(*) FROM peer_leases").fetchone()
+            if held < self.limit:
+                cursor = self.conn.execute(
+                    "INSERT INTO peer_leases (pid) VALUES (?)", (os.getpid(),)
+                )
+                self.lease_id = cursor.lastrowid
+                self.conn.execute("COMMIT")
+                return
+            self.conn.execute("COMMIT")
+            time.sleep(POLL)
+
+    def release(self) -> None:
+        self.conn.execute("DELETE FROM peer_leases WHERE id = ?", (self.lease_id,))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Portalocker:
+    """portalocker.BoundedSemaphore: one lock file per slot, polled every 5 ms."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        import portalocker
+
+        self.semaphore = portalocker.BoundedSemaphore(
+            params["limit"],
+            name="bench",
+            directory=params["dir"],
+            timeout=None,
+            check_interval=POLL,
+            fail_when_locked=False,
+        )
+
+    def acquire(self) -> None:
+        self.semaphore.acquire(timeout=3600)
+
+    def release(self) -> None:
+        self.semaphore.release()
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class PosixSemaphore:
+    """A kernel POSIX named semaphore: what the hardware and kernel allow, nothing more."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        import posix_ipc
+
+        self.semaphore = posix_ipc.Semaphore(
+            params["sem"], posix_ipc.O_CREAT, initial_value=params["limit"]
+        )
+
+    def acquire(self) -> None:
+        self.semaphore.acquire()
+
+    def release(self) -> None:
+        self.semaphore.release()
+
+    def close(self) -> None:
+        self.semaphore.close()
+
+
+class RedisTokens:
+    """A Redis list of ``limit`` tokens: BLPOP takes one (pushed), RPUSH returns it."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        import redis
+
+        self.client = redis.Redis(host="127.0.0.1", port=params["redis_port"])
+        self.token: bytes | None = None
+
+    def acquire(self) -> None:
+        _, self.token = self.client.blpop(["bench:tokens"], timeout=0)  # type: ignore[misc]
+
+    def release(self) -> None:
+        self.client.rpush("bench:tokens", self.token)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+MECHANISMS: dict[str, type[Any]] = {
+    "collet-limiter (sync)": ColletSync,
+    "collet-limiter (async)": ColletAsync,
+    "sqlite3, 5 ms poll": Sqlite3Poll,
+    "portalocker, 5 ms poll": Portalocker,
+    "POSIX semaphore": PosixSemaphore,
+    "Redis BLPOP": RedisTokens,
+}
+
+
+def prepare(name: str, workdir: Path, limit: int, redis_port: int | None) -> dict[str, Any]:
+    """Fresh shared state for one mechanism and one workload; returns the workers' params."""
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    params: dict[str, Any] = {
+        "limit": limit,
+        "db": str(workdir / f"{tag}.db"),
+        "dir": str(workdir / f"locks-{tag}"),
+        "sem": f"/collet-bench-{tag}",
+        "redis_port": redis_port,
+    }
+    Path(params["dir"]).mkdir()
+    if name == "POSIX semaphore":
+        import posix_ipc
+
+        posix_ipc.Semaphore(params["sem"], posix_ipc.O_CREX, initial_value=limit).close()
+    elif name == "Redis BLPOP":
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=redis_port)
+        client.delete("bench:tokens")
+        client.rpush("bench:tokens", *[f"t{i}" for i in range(limit)])
+        client.close()
+    elif name.startswith("collet-limiter"):
+        MECHANISMS[name](params).close()  # create the schema outside the measurement
+    return params
+
+
+def cleanup(name: str, params: dict[str, Any]) -> None:
+    """Remove what ``prepare`` created that outlives the process (the named semaphore)."""
+    if name == "POSIX semaphore":
+        import posix_ipc
+
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_semaphore(params["sem"])

@@ -1,0 +1,351 @@
+"""Claiming a permit: the decision transaction, written once against a SQLAlchemy ``Connection``.
+
+The common cases cost one statement: a fresh request when nobody waits, and a waiter at the
+head of the whole queue, are each a single conditional ``INSERT ... SELECT`` that inserts the
+lease only if the model and the global cap have room. Anything else (a full model, waiters
+ahead, a fallback to consider, a new key) takes the general path: read the rows, ask the fallback
+engine for the order, apply the fairness rule, reap the dead only if something stood in the
+primary's way, and decide again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import Integer, and_, bindparam, cast, delete, exists, func, insert, select
+
+from . import _schema as s
+from ._fairness import Snapshot, ahead_of_each
+from ._fallback import Candidate, Via, plan
+from ._keys import ModelKey
+from ._store import (
+    LeaseRecord,
+    Outlook,
+    Removed,
+    ensure_models,
+    held_counts,
+    max_agents,
+    outlook,
+    read_models,
+    reap,
+    snapshot,
+    ticket_exists,
+    utc_text,
+    waiters_detail,
+    wake_targets,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from sqlalchemy.engine import Connection
+
+    from ._fallback import ModelRow
+    from ._identity import Holder
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One fallback candidate with the decision about it."""
+
+    candidate: Candidate
+    granted: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a claim asks for, and who asks."""
+
+    primary: ModelKey
+    chain: tuple[ModelKey, ...]
+    fallback: bool  # False: the primary only, as acquire_wait does
+    ticket: int | None  # the request's place in the queue, once queued
+    enqueue: bool  # queue a ticket for the primary when nothing is granted
+    holder: Holder
+    label: str | None
+    owner: str
+    token: str
+    ticket_token: str
+    ttl: float
+    wake_addr: str | None = None  # where the waiter listens for its wake-up
+
+
+@dataclass(slots=True)
+class ClaimResult:
+    """What a claim did: the lease granted, or the ticket queued (or kept)."""
+
+    lease: LeaseRecord | None
+    ticket: int | None
+    verdicts: list[Verdict] = field(default_factory=list)
+    global_reason: str = ""
+    reaped: list[Removed] = field(default_factory=list)
+    requeued: bool = False  # the request's ticket had been reaped and was queued again
+    wake: list[tuple[str, int]] = field(default_factory=list)  # to notify after commit
+
+
+# --- the one-statement paths -------------------------------------------------------------------
+
+_LEASE_COLUMNS: Final = (
+    "token", "provider", "model", "primary_provider", "primary_model", "via", "holder", "pid",
+    "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at", "acquired_ts",
+    "expires_ts",
+)  # fmt: skip
+
+
+def _room_for(provider: str, model: str) -> Any:
+    """SQL: the model and the global cap both have a free slot (ignoring waiters)."""
+    on_leases = (s.leases.c.provider == bindparam(provider)) & (
+        s.leases.c.model == bindparam(model)
+    )
+    on_models = (s.models.c.provider == bindparam(provider)) & (
+        s.models.c.model == bindparam(model)
+    )
+    held = select(func.count()).select_from(s.leases).where(on_leases).scalar_subquery()
+    limit = select(s.models.c.concurrency_limit).where(on_models).scalar_subquery()
+    total = select(func.count()).select_from(s.leases).scalar_subquery()
+    cap = (
+        select(cast(s.meta.c.value, Integer))
+        .where(s.meta.c.key == s.META_MAX_AGENTS)
+        .scalar_subquery()
+    )
+    return and_(held < limit, total < cap)  # a missing models row makes this NULL: no
+
+
+def _conditional_insert(nobody_ahead: Any) -> Any:
+    values: Any = select(*(bindparam(f"v_{name}") for name in _LEASE_COLUMNS)).where(
+        _room_for("v_provider", "v_model"), nobody_ahead
+    )
+    return insert(s.leases).from_select(list(_LEASE_COLUMNS), values)
+
+
+# A fresh request when nobody waits, and the waiter at the head of the whole queue: each is
+# exactly the fairness rule with no waiters ahead, so the condition is all a claim needs.
+_FAST_FRESH: Final = _conditional_insert(~exists().where(s.waiters.c.id.is_not(None)))
+_FAST_HEAD: Final = _conditional_insert(~exists().where(s.waiters.c.id < bindparam("ticket_id")))
+_LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
+_DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
+_INSERT_LEASE: Final = insert(s.leases)
+_INSERT_TICKET: Final = insert(s.waiters)
+
+
+def _lease_values(request: ClaimRequest, key: ModelKey, via: Via, now: float) -> dict[str, Any]:
+    holder = request.holder
+    expires = now + request.ttl
+    return {
+        "token": request.token,
+        "provider": key.provider,
+        "model": key.model,
+        "primary_provider": request.primary.provider,
+        "primary_model": request.primary.model,
+        "via": via,
+        "holder": request.label,
+        "pid": holder.pid,
+        "pid_start": holder.pid_start,
+        "host_id": holder.host_id,
+        "hostname": holder.hostname,
+        "owner": request.owner,
+        "acquired_at": utc_text(now),
+        "expires_at": utc_text(expires),
+        "acquired_ts": now,
+        "expires_ts": expires,
+    }
+
+
+def _record(values: dict[str, Any], lease_id: int) -> LeaseRecord:
+    return LeaseRecord(
+        id=lease_id,
+        token=values["token"],
+        key=ModelKey(values["provider"], values["model"]),
+        primary=ModelKey(values["primary_provider"], values["primary_model"]),
+        via=values["via"],
+        holder=values["holder"],
+        pid=values["pid"],
+        pid_start=values["pid_start"],
+        host_id=values["host_id"],
+        hostname=values["hostname"],
+        owner=values["owner"],
+        acquired_ts=values["acquired_ts"],
+        expires_ts=values["expires_ts"],
+    )
+
+
+def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecord | None:
+    ticket = request.ticket
+    via: Via = "primary" if ticket is None else "queue"
+    values = _lease_values(request, request.primary, via, now)
+    params = {f"v_{name}": value for name, value in values.items()}
+    if ticket is None:
+        inserted = conn.execute(_FAST_FRESH, params).rowcount
+    else:
+        inserted = conn.execute(_FAST_HEAD, {**params, "ticket_id": ticket}).rowcount
+    if not inserted:
+        return None
+    lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
+    if ticket is not None:
+        conn.execute(_DELETE_TICKET, {"ticket_id": ticket})
+    return _record(values, lease_id)
+
+
+# --- the general path --------------------------------------------------------------------------
+
+
+def _decide(
+    request: ClaimRequest, rows: dict[ModelKey, ModelRow], snap: Snapshot, ticket: int | None
+) -> tuple[Verdict | None, list[Verdict], str]:
+    if request.fallback:
+        candidates = plan(request.primary, request.chain, rows)
+    else:
+        via: Via = "queue" if ticket is not None else "primary"
+        candidates = [Candidate(request.primary, via, eligible=True, reason="the requested model")]
+    global_ok, global_reason = snap.global_verdict()
+    verdicts: list[Verdict] = []
+    for candidate in candidates:
+        if not candidate.eligible:
+            verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
+            continue
+        ok, reason = snap.model_verdict(candidate.key)
+        if ok and not global_ok:
+            ok, reason = False, global_reason
+        verdict = Verdict(candidate, granted=ok, reason=reason)
+        verdicts.append(verdict)
+        if ok:
+            return verdict, verdicts, global_reason
+        if not global_ok:
+            break  # no candidate can get past a full global cap
+    return None, verdicts, global_reason
+
+
+def _decide_now(
+    conn: Connection, request: ClaimRequest, rows: dict[ModelKey, ModelRow]
+) -> tuple[int | None, bool, tuple[Verdict | None, list[Verdict], str]]:
+    """Read the snapshot for the request and decide; returns (ticket, requeued, decision)."""
+    ticket, requeued = request.ticket, False
+    if ticket is not None and not ticket_exists(conn, ticket):
+        ticket, requeued = None, True  # our ticket was reaped while we were stalled
+    return ticket, requeued, _decide(request, rows, snapshot(conn, rows, ticket), ticket)
+
+
+def claim(
+    conn: Connection,
+    request: ClaimRequest,
+    now: float,
+    demand: Callable[[ModelKey], ModelRow],
+) -> ClaimResult:
+    """Grant a lease on the first candidate with room, or queue/keep a ticket. Write transaction.
+
+    Reaping happens only when the primary could not be granted, and is followed by a second
+    decision: an uncontended acquire never pays for it.
+    """
+    fast = _try_fast(conn, request, now)
+    if fast is not None:
+        return ClaimResult(fast, None)
+    rows = read_models(conn)
+    ensure_models(conn, rows, (request.primary, *request.chain), demand)
+    ticket, requeued, (granted, verdicts, global_reason) = _decide_now(conn, request, rows)
+    reaped: list[Removed] = []
+    if granted is None or granted is not verdicts[0]:
+        # Something stood in the way of the primary: if it is dead or expired, reclaim it and
+        # decide again, so that a crashed holder never pushes a request onto a fallback.
+        reaped = reap(conn, now, my_host=request.holder.host_id)
+        if reaped:
+            again, requeued_now, (granted, verdicts, global_reason) = _decide_now(
+                conn, replace(request, ticket=ticket), rows
+            )
+            ticket, requeued = again, requeued or requeued_now
+
+    result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued)
+    if granted is not None:
+        values = _lease_values(request, granted.candidate.key, granted.candidate.via, now)
+        lease_id = conn.execute(_INSERT_LEASE, values).inserted_primary_key
+        assert lease_id is not None
+        result.lease = _record(values, int(lease_id[0]))
+        if ticket is not None:
+            conn.execute(_DELETE_TICKET, {"ticket_id": ticket})
+            result.ticket = None
+    elif ticket is None and (request.enqueue or requeued):
+        result.ticket = enqueue(conn, request, now)
+    if reaped:  # what we reclaimed and did not take ourselves may let others in
+        result.wake = [(addr, t) for addr, t in wake_targets(conn) if t != result.ticket]
+    return result
+
+
+def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
+    """Queue a ticket for the request's primary; returns the ticket. Write transaction."""
+    holder = request.holder
+    expires = now + request.ttl
+    values = {
+        "token": request.ticket_token,
+        "provider": request.primary.provider,
+        "model": request.primary.model,
+        "holder": request.label,
+        "pid": holder.pid,
+        "pid_start": holder.pid_start,
+        "host_id": holder.host_id,
+        "hostname": holder.hostname,
+        "owner": request.owner,
+        "enqueued_at": utc_text(now),
+        "expires_at": utc_text(expires),
+        "enqueued_ts": now,
+        "expires_ts": expires,
+        "wake_addr": request.wake_addr,
+    }
+    key = conn.execute(_INSERT_TICKET, values).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+# --- looking without a lock --------------------------------------------------------------------
+
+
+def could_grant(
+    conn: Connection, requests: Sequence[ClaimRequest], my_host: str
+) -> tuple[list[bool], Outlook]:
+    """For queued requests, whether each would be granted now, read without any lock.
+
+    A watcher looks with this when something changed, and wakes only the waiters it answers True
+    for (or whose ticket vanished); they then ``claim`` under the write lock. An answer can be
+    stale by the time it is used, which only delays a waiter until the next change. One read of
+    the queue answers for all of a limiter's waiters, and also gives the ``Outlook``: the
+    holders worth watching for death and the next expiry.
+    """
+    rows = read_models(conn)
+    limits = {key: row.limit for key, row in rows.items()}
+    held, cap = held_counts(conn), max_agents(conn)
+    waiting = waiters_detail(conn)
+    queue = [(row.id, ModelKey(row.provider, row.model)) for row in waiting]
+    ahead = ahead_of_each(queue, [r.ticket for r in requests if r.ticket is not None])
+    answers = []
+    for request in requests:
+        counts = ahead.get(request.ticket) if request.ticket is not None else None
+        if request.primary not in rows or counts is None:
+            answers.append(True)  # a config rewrite or a reaped ticket: claim sorts it out
+        else:
+            snap = Snapshot(limits=limits, held=held, ahead=counts, cap=cap)
+            answers.append(snap.admits(request.primary))
+    return answers, outlook(conn, waiting, my_host)
+
+
+def explain(
+    conn: Connection,
+    primary: ModelKey,
+    chain: Sequence[ModelKey],
+    demand: Callable[[ModelKey], ModelRow],
+) -> tuple[list[Verdict], str]:
+    """Every candidate with its verdict for a fresh request, without writing anything."""
+    rows = read_models(conn)
+    for key in (primary, *chain):
+        rows.setdefault(key, demand(key))
+    snap = snapshot(conn, rows, None)
+    global_ok, global_reason = snap.global_verdict()
+    verdicts: list[Verdict] = []
+    for candidate in plan(primary, chain, rows):
+        if not candidate.eligible:
+            verdicts.append(Verdict(candidate, granted=False, reason=candidate.reason))
+            continue
+        ok, reason = snap.model_verdict(candidate.key)
+        if ok and not global_ok:
+            ok, reason = False, f"{reason}, but {global_reason}"
+        verdicts.append(Verdict(candidate, granted=ok, reason=reason))
+    return verdicts, global_reason

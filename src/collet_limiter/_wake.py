@@ -1,0 +1,203 @@
+"""Waking waiters without polling: push datagrams, process-exit watches, and the writer lock.
+
+Three kernel facilities keep waiting cheap and fast; each is optional, because the queue in the
+database stays the truth and a missed wake-up only costs latency until the next poll:
+
+- A Unix datagram socket per limiter, in Linux's abstract namespace (no file to clean up), is
+  recorded in its waiters' tickets. A transaction that frees room computes which waiters a claim
+  would now admit and, after commit, sends each one its ticket id. Processes in another network
+  namespace cannot reach the socket; they fall back to polling ``PRAGMA data_version``.
+- A pidfd per holder on this host (Linux 5.3+) becomes readable when that process exits, so a
+  crashed holder's slot is reclaimed the moment it dies instead of at the next sweep.
+- An ``flock`` on ``<db>.lock`` serialises writers across processes in the kernel, which wakes
+  the next writer at once. Left to itself, SQLite's busy handler sleeps 1, 2, 5, 10 ... ms
+  between retries, and those sleeps are the long tails of a contended acquire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import struct
+import uuid
+from typing import TYPE_CHECKING, Final
+
+from ._identity import process_start
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+_TICKET: Final = struct.Struct("!q")
+# Beyond this many holders to watch, the rest are left to the periodic sweep.
+MAX_WATCHED: Final = 64
+
+
+class WakeSocket:
+    """The datagram socket a limiter's waiters are woken on."""
+
+    def __init__(self) -> None:
+        self.address: str | None = None
+        self._sock: socket.socket | None = None
+        if not hasattr(socket, "AF_UNIX"):
+            return
+        name = f"collet-limiter/{uuid.uuid4().hex}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(b"\0" + name.encode())  # abstract namespace: Linux only
+        except OSError:
+            sock.close()
+            return
+        sock.setblocking(False)  # noqa: FBT003 - the socket API's own signature
+        self._sock, self.address = sock, name
+
+    def fileno(self) -> int:
+        """The socket's descriptor (for select and add_reader); -1 when there is none."""
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def drain(self) -> set[int]:
+        """The ticket ids received since the last call."""
+        tickets: set[int] = set()
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                break
+            if len(data) == _TICKET.size:
+                tickets.add(_TICKET.unpack(data)[0])
+        return tickets
+
+    def close(self) -> None:
+        """Stop listening."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class _Sender:
+    """One unbound datagram socket per process for sending wake-ups."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._sock: socket.socket | None = None
+
+    def send(self, targets: Iterable[tuple[str, int]]) -> None:
+        for address, ticket in targets:
+            if self._pid != os.getpid():  # never share a socket with a fork parent
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)  # noqa: FBT003
+                self._pid = os.getpid()
+            assert self._sock is not None
+            # Gone, full or unreachable: the waiter's own polling covers it.
+            with contextlib.suppress(OSError):
+                self._sock.sendto(_TICKET.pack(ticket), b"\0" + address.encode())
+
+
+_sender = _Sender()
+
+
+def notify(targets: Iterable[tuple[str, int]]) -> None:
+    """Send each waiter its ticket id. Call only after the transaction that freed room commits."""
+    if hasattr(socket, "AF_UNIX"):
+        _sender.send(targets)
+
+
+class PidWatch:
+    """Process-exit watches (pidfds) on this host's holders and waiters."""
+
+    def __init__(self) -> None:
+        self.supported = hasattr(os, "pidfd_open")
+        self.complete = True  # every holder worth watching is watched
+        self._fds: dict[tuple[int, float], int] = {}
+
+    def fds(self) -> list[int]:
+        """The descriptors to wait on; one becomes readable when its process exits."""
+        return list(self._fds.values())
+
+    def update(self, holders: Iterable[tuple[int, float]]) -> bool:
+        """Watch exactly ``holders`` (not this process); True if one is already dead."""
+        wanted = {h for h in holders if h[0] != os.getpid()}
+        for holder in list(self._fds):
+            if holder not in wanted:
+                os.close(self._fds.pop(holder))
+        if not self.supported:
+            self.complete = not wanted
+            return False
+        dead, unwatchable = False, 0
+        for holder in sorted(wanted - self._fds.keys()):
+            if len(self._fds) >= MAX_WATCHED:
+                break
+            fd = _open_pidfd(holder)
+            if fd is None:
+                dead = True
+            elif fd < 0:
+                unwatchable += 1
+            else:
+                self._fds[holder] = fd
+        self.complete = len(self._fds) == len(wanted) and not unwatchable
+        return dead
+
+    def close(self) -> None:
+        """Drop every watch."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _open_pidfd(holder: tuple[int, float]) -> int | None:
+    """A pidfd on the holder's process; None when it is provably gone (or the PID was reused),
+    -1 when it cannot be watched (permissions, descriptor limits) and must be swept instead."""
+    pid, start = holder
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    except OSError:
+        return -1
+    try:
+        alive = process_start(pid) == start
+    except Exception:  # noqa: BLE001 - cannot tell: treat as alive, the sweep decides
+        alive = True
+    if not alive:
+        os.close(fd)
+        return None
+    return fd
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<db>.lock``, taken around every write transaction.
+
+    The lock file sits beside the database, never on it: closing any descriptor of the database
+    file would drop SQLite's own POSIX locks held by this process.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.path = db.with_name(db.name + ".lock")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def acquire(self) -> None:
+        """Block until this process holds the lock."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, without waiting."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
+        """Let the next writer in."""
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (releasing the lock if held)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
