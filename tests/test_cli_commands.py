@@ -19,6 +19,7 @@ import pytest
 
 import collet_limiter
 from collet_limiter import AcquireTimeout, Limiter, load_config
+from collet_limiter._schema import SCHEMA_REVISION
 from collet_limiter.cli import _main
 from collet_limiter.cli._app import cli as click_group
 
@@ -374,7 +375,7 @@ def test_init_creates_the_database_and_doctor_finds_it_healthy(
     created = json.loads(out)
     assert (status, created["created"], created["ok"], created["problems"]) == (0, True, True, [])
     assert (created["schema_revision"], created["journal_mode"], created["file_mode"]) == (
-        "0001_initial",
+        SCHEMA_REVISION,
         "wal",
         "0600",
     )
