@@ -203,7 +203,7 @@ class AsyncLimiter:
                 with translate_driver_errors(core.display):
                     core.prepare_file()
                     assert core.target.path is not None
-                    self._writer = WriterLock(core.target.path)
+                    self._writer = WriterLock(core.target.path, core.sharing)
                     engine = create_aiosqlite_engine(
                         core.target,
                         busy_timeout_ms=core.busy_timeout_ms,

@@ -117,6 +117,7 @@ class LimiterSettings(BaseModel):
     poll_interval_ms: Annotated[float, Field(gt=0)] = 5.0
     max_poll_interval_ms: Annotated[float, Field(gt=0)] = 250.0
     busy_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
+    group: Annotated[str, Field(min_length=1)] | None = None  # share the files with this group
 
 
 class Config(_Open):

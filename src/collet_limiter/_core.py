@@ -20,15 +20,9 @@ from typing import TYPE_CHECKING, Final
 from . import _claim, _store
 from ._claim import ClaimRequest, ClaimResult
 from ._config import ENV_DB, Config, default_db_path, load_config
-from ._engine import (
-    Target,
-    is_network_filesystem,
-    prepare_sqlite_file,
-    read_transaction,
-    resolve_target,
-    write_transaction,
-)
+from ._engine import Target, read_transaction, resolve_target, write_transaction
 from ._errors import AcquireTimeout, ConfigError
+from ._files import Sharing, is_network_filesystem, prepare_database
 from ._identity import current_holder, new_token
 from ._keys import ModelKey, coerce_chain, coerce_key
 from ._migrate import ensure_schema
@@ -92,6 +86,7 @@ class Core:
             _positive("max_poll_interval", max_poll_interval, settings.max_poll_interval_ms / 1000),
         )
         self.busy_timeout_ms = settings.busy_timeout_ms
+        self.sharing = Sharing(settings.group)
         self.config_rows = self.config.model_rows()
         self.fingerprint = config_fingerprint(self.config, self.config_rows)
         self.reset_identity()
@@ -215,7 +210,7 @@ class Core:
         path = self.target.path
         if path is None:
             return
-        prepare_sqlite_file(path, create_dir=self.is_default_path)
+        prepare_database(path, create_dir=self.is_default_path, sharing=self.sharing)
         if is_network_filesystem(path):
             log.warning(
                 "%s is on a network filesystem: SQLite's WAL mode needs a local one "

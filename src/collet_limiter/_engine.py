@@ -24,7 +24,9 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
-from ._errors import DatabaseUnavailableError, translate_driver_errors
+from ._files import filesystem_type, is_network_filesystem
+
+__all__ = ["filesystem_type", "is_network_filesystem"]  # re-exported for _doctor
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,30 +36,6 @@ if TYPE_CHECKING:
 
 # Execution option marking a connection whose next transaction will write.
 WRITE_OPTION: Final = "collet_limiter_write"
-
-# Filesystems on which SQLite's WAL mode (shared memory, POSIX locks) is unsafe.
-NETWORK_FILESYSTEMS: Final = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb",
-        "smbfs",
-        "smb3",
-        "sshfs",
-        "fuse.sshfs",
-        "9p",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "fuse.glusterfs",
-        "lustre",
-        "davfs",
-        "fuse.s3fs",
-        "gcsfuse",
-        "fuse.gcsfuse",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,43 +75,6 @@ def resolve_target(db: str | os.PathLike[str]) -> Target:
         return Target(url, None)
     path = Path(text).expanduser().absolute()
     return Target(make_url("sqlite+pysqlite://").set(database=str(path)), path)
-
-
-def prepare_sqlite_file(path: Path, *, create_dir: bool) -> None:
-    """Make sure the database file exists, owner-only (0600) when we create it.
-
-    ``create_dir`` makes the parent directory (0700) when missing; it is set for the default path
-    only, since a missing directory in a path the user chose is more likely a typo.
-    """
-    with translate_driver_errors(str(path)):
-        parent = path.parent
-        if not parent.is_dir():
-            if not create_dir:
-                raise DatabaseUnavailableError(
-                    f"cannot create database {path}: directory {parent} does not exist; "
-                    "create it or choose another --db path",
-                    path=str(path),
-                    reason="missing directory",
-                )
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.exists():
-            if path.is_dir():
-                raise DatabaseUnavailableError(
-                    f"cannot use database {path}: it is a directory",
-                    path=str(path),
-                    reason="is a directory",
-                )
-            return
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise DatabaseUnavailableError(
-                f"cannot create database {path}: directory {parent} is not writable",
-                path=str(path),
-                reason="directory not writable",
-            )
-        # O_EXCL: when several processes create the file at once, exactly one creates it and the
-        # rest open what it created; SQLite gives the -wal and -shm files the same mode.
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _on_connect(busy_timeout_ms: int) -> Any:
@@ -242,28 +183,3 @@ def pragmas(conn: Connection) -> dict[str, Any]:
         name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
         for name in ("journal_mode", "synchronous", "busy_timeout")
     }
-
-
-def filesystem_type(path: Path) -> str | None:
-    """The filesystem type holding ``path`` from ``/proc/self/mounts``; None when unknown."""
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    target = str(path.resolve())
-    best, best_type = "", None
-    for line in mounts:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount_point = parts[1].replace("\\040", " ")
-        prefix = mount_point.rstrip("/") + "/"
-        if (target == mount_point or target.startswith(prefix)) and len(mount_point) > len(best):
-            best, best_type = mount_point, parts[2]
-    return best_type
-
-
-def is_network_filesystem(path: Path) -> bool:
-    """Whether ``path`` is on a network filesystem, where WAL mode is unsafe."""
-    fs_type = filesystem_type(path if path.exists() else path.parent)
-    return fs_type is not None and fs_type.lower() in NETWORK_FILESYSTEMS

@@ -140,7 +140,7 @@ class Limiter:
         )
         try:
             with translate_driver_errors(core.display):
-                self._writer = WriterLock(self._path)
+                self._writer = WriterLock(self._path, self._core.sharing)
                 with self._engine.connect() as conn:
                     core.open_database(conn)
         except BaseException:
@@ -183,7 +183,7 @@ class Limiter:
         self._engine = create_sqlite_engine(
             self._core.target, busy_timeout_ms=self._core.busy_timeout_ms
         )
-        self._writer = WriterLock(self._path)
+        self._writer = WriterLock(self._path, self._core.sharing)
         self._open_wakeups()
 
     def _check(self) -> Engine:

@@ -25,6 +25,7 @@ import struct
 import uuid
 from typing import TYPE_CHECKING, Final
 
+from ._files import Sharing, create_file
 from ._identity import process_start
 
 if TYPE_CHECKING:
@@ -174,9 +175,10 @@ class WriterLock:
     file would drop SQLite's own POSIX locks held by this process.
     """
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, sharing: Sharing) -> None:
         self.path = db.with_name(db.name + ".lock")
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        create_file(self.path, sharing)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
 
     def acquire(self) -> None:
         """Block until this process holds the lock."""
