@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -26,7 +27,6 @@ from .conftest import SMALL, make_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     from collet_limiter import Limiter
 
@@ -498,3 +498,21 @@ def test_a_release_wakes_a_waiter_at_once_without_waiting_for_its_poll(
     thread.join(20)
     assert got and got[0].via == "queue"  # type: ignore[attr-defined]
     assert time.monotonic() - released < 5
+
+
+def test_a_deleted_database_file_is_recreated_with_the_leases_still_held(
+    open_limiter: Open, small_config: Config, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting the file under live holders must not let a fresh process over-admit."""
+    holder = open_limiter(small_config)
+    lease = holder.acquire(GLM5, holder="survivor")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    caplog.set_level(logging.ERROR, logger="collet_limiter")
+    holder.acquire("other/thing").release()  # the next write notices and moves to the new file
+    assert "deleted or replaced while in use" in caplog.text
+    assert rows(db, "select model, holder from leases") == [("glm-5", "survivor")]
+    newcomer = open_limiter(small_config)
+    assert newcomer.acquire_with_fallback(GLM5).lease.key != GLM5  # type: ignore[union-attr]
+    lease.release()
+    assert rows(db, "select count(*) from leases where holder = 'survivor'") == [(0,)]

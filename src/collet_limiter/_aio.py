@@ -199,24 +199,49 @@ class AsyncLimiter:
             return self._engine
         async with self._open_lock:
             if self._engine is None:
-                core = self._core
-                with translate_driver_errors(core.display):
-                    core.prepare_file()
-                    assert core.target.path is not None
-                    self._writer = WriterLock(core.target.path, core.sharing)
-                    engine = create_aiosqlite_engine(
-                        core.target,
-                        busy_timeout_ms=core.busy_timeout_ms,
-                        pool_size=self._max_connections + 1,  # one more for the watcher
-                    )
-                    try:
-                        async with engine.connect() as conn:
-                            await conn.run_sync(core.open_database)
-                    except BaseException:
-                        await engine.dispose()
-                        raise
-                self._engine = engine
+                self._engine = await self._open_engine()
         return self._engine
+
+    async def _open_engine(self) -> AsyncEngine:
+        core = self._core
+        with translate_driver_errors(core.display):
+            core.prepare_file()
+            assert core.target.path is not None
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = WriterLock(core.target.path, core.sharing)
+            engine = create_aiosqlite_engine(
+                core.target,
+                busy_timeout_ms=core.busy_timeout_ms,
+                pool_size=self._max_connections + 1,  # one more for the watcher
+            )
+            try:
+                async with engine.connect() as conn:
+                    await conn.run_sync(core.open_database)
+            except BaseException:
+                await engine.dispose()
+                raise
+        return engine
+
+    async def _reopen(self) -> None:
+        """Move to the new database file, carrying the leases this limiter holds into it."""
+        async with self._open_lock:
+            if not self._core.file_replaced() or self._engine is None:
+                return  # another task moved first
+            old, self._engine = self._engine, None
+            await old.dispose()
+            self._engine = engine = await self._open_engine()
+            held = list(self._leases.values())
+            async with self._turn_to_write(), engine.connect() as conn:
+                records = await conn.run_sync(
+                    self._core.readopt,
+                    [lease._record for lease in held],  # noqa: SLF001
+                )
+            self._leases = {}
+            for lease, record in zip(held, records, strict=True):
+                lease._record, lease.expires_ts = record, record.expires_ts  # noqa: SLF001
+                self._leases[record.id] = lease
+        self._poke.set()  # the watcher reconnects to the new file
 
     def _after_fork(self) -> None:
         # A child must not use the parent's connections, tasks, locks or leases.
@@ -240,6 +265,8 @@ class AsyncLimiter:
         at a time anyway, and connections of one process competing for its lock would be left
         to SQLite's busy handler, whose growing sleeps can starve one of them for seconds.
         """
+        if write and self._core.file_replaced():
+            await self._reopen()
         engine = await self._ensure_open()
         async with self._slots, self._writing(write):
             with translate_driver_errors(self._core.display):
@@ -514,7 +541,7 @@ class AsyncLimiter:
 
         Runs for the limiter's life once started, holding a connection only while tasks wait.
         """
-        engine = await self._ensure_open()
+        await self._ensure_open()
         self._start_reader(self._wake.fileno(), self._on_datagram)
         while not self._closed:
             if not self._waiters:
@@ -523,7 +550,7 @@ class AsyncLimiter:
                 await self._wanted.wait()
                 continue
             try:
-                async with engine.connect() as conn:
+                async with (await self._ensure_open()).connect() as conn:
                     await self._watch_on(conn)
             except asyncio.CancelledError:
                 raise
@@ -537,7 +564,8 @@ class AsyncLimiter:
         core = self._core
         version, look = -1, True
         sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
-        while self._waiters and not self._closed:
+        engine = self._engine
+        while self._waiters and not self._closed and self._engine is engine:
             if self._sweep_now:
                 self._sweep_now, look = False, True
                 async with self._turn_to_write():

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from ._fallback import ModelRow
-    from ._store import Outlook, Removed
+    from ._store import LeaseRecord, Outlook, Removed
 
 log: Final = logging.getLogger("collet_limiter")
 
@@ -87,6 +87,7 @@ class Core:
         )
         self.busy_timeout_ms = settings.busy_timeout_ms
         self.sharing = Sharing(settings.group)
+        self.file_id: tuple[int, int] | None = None
         self.config_rows = self.config.model_rows()
         self.fingerprint = config_fingerprint(self.config, self.config_rows)
         self.reset_identity()
@@ -220,6 +221,7 @@ class Core:
 
     def open_database(self, conn: Connection) -> None:
         """Create or upgrade the schema, then write this config unless the database holds it."""
+        self.file_id = self._file_id()
         ensure_schema(conn, display=self.display)
         with read_transaction(conn):
             current = _store.stored_fingerprint(conn)
@@ -242,6 +244,37 @@ class Core:
                 self.display,
                 self.config.source or "the built-in defaults",
             )
+
+    def _file_id(self) -> tuple[int, int] | None:
+        path = self.target.path
+        if path is None:
+            return None
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def file_replaced(self) -> bool:
+        """Whether the database file was deleted or replaced since this limiter opened it.
+
+        Connections opened before keep using the old, unlinked file while new processes create
+        a new one: two databases, each unaware of the other's leases. A stat() per write
+        transaction notices it.
+        """
+        return self.target.path is not None and self._file_id() != self.file_id
+
+    def readopt(self, conn: Connection, records: Sequence[LeaseRecord]) -> list[LeaseRecord]:
+        """Carry this limiter's leases into the new database file (see ``file_replaced``)."""
+        log.error(
+            "%s was deleted or replaced while in use: reopening it and re-registering the %d "
+            "lease(s) this process holds (any process still on the old file should be restarted)",
+            self.display,
+            len(records),
+        )
+        now = self.clock()
+        with write_transaction(conn):
+            return [_store.readopt(conn, record, now, self.ttl) for record in records]
 
     # --- transactions shared by Limiter and AsyncLimiter -------------------------------------
 

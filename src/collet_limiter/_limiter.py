@@ -214,8 +214,33 @@ class Limiter:
 
     def _write(self, func: Callable[[Connection], T], engine: Engine | None = None) -> T:
         """Run one write transaction in this process's turn."""
+        if self._core.file_replaced():
+            self._reopen()
+            engine = None
         with self._connection(engine) as conn, self._writing():
             return func(conn)
+
+    def _reopen(self) -> None:
+        """Move to the new database file, carrying the leases this Limiter holds into it."""
+        core = self._core
+        with self._lock, translate_driver_errors(core.display):
+            if not core.file_replaced():
+                return  # another thread moved first
+            self._engine.dispose()
+            self._engine = create_sqlite_engine(core.target, busy_timeout_ms=core.busy_timeout_ms)
+            core.prepare_file()
+            self._writer.close()
+            self._writer = WriterLock(self._path, core.sharing)
+            held = list(self._leases.values())
+            with self._engine.connect() as conn:
+                core.open_database(conn)
+                with self._writing():
+                    records = core.readopt(conn, [lease._record for lease in held])  # noqa: SLF001
+            self._leases = {}
+            for lease, record in zip(held, records, strict=True):
+                lease._record, lease.expires_ts = record, record.expires_ts  # noqa: SLF001
+                self._leases[record.id] = lease
+        self._interrupt()  # the watcher reconnects to the new file
 
     def close(self) -> None:
         """Stop the heartbeat and release every lease and ticket this Limiter holds. Idempotent."""
@@ -413,7 +438,8 @@ class Limiter:
         core = self._core
         version, look, sweep = -1, True, False
         sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
-        while self._waiters and not self._closed:
+        engine = self._engine
+        while self._waiters and not self._closed and self._engine is engine:
             if sweep:
                 self._write(core.reap, self._engine)
                 sweep, look = False, True

@@ -7,7 +7,7 @@ Limiter, the AsyncLimiter (through ``AsyncConnection.run_sync``) and any dialect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
@@ -455,3 +455,31 @@ def renew(
         return set()
     present = conn.execute(_OWNED_LEASE_IDS, {"renew_owner": owner}).scalars()
     return set(lease_ids) - set(present)
+
+
+def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> LeaseRecord:
+    """Insert a lease this process holds into a database that lost it (the file was replaced).
+
+    The lease keeps its token and holder; it gets a new id and a fresh expiry. Write transaction.
+    """
+    values = {
+        "token": record.token,
+        "provider": record.key.provider,
+        "model": record.key.model,
+        "primary_provider": record.primary.provider,
+        "primary_model": record.primary.model,
+        "via": record.via,
+        "holder": record.holder,
+        "pid": record.pid,
+        "pid_start": record.pid_start,
+        "host_id": record.host_id,
+        "hostname": record.hostname,
+        "owner": record.owner,
+        "acquired_at": utc_text(record.acquired_ts),
+        "expires_at": utc_text(now + ttl),
+        "acquired_ts": record.acquired_ts,
+        "expires_ts": now + ttl,
+    }
+    key = conn.execute(_INSERT_LEASE, values).inserted_primary_key
+    assert key is not None
+    return replace(record, id=int(key[0]), expires_ts=now + ttl)
