@@ -562,7 +562,7 @@ class AsyncLimiter:
 
     async def _watch_on(self, conn: AsyncConnection) -> None:
         core = self._core
-        version, look = -1, True
+        version, look, looked = -1, True, -math.inf
         sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
         engine = self._engine
         while self._waiters and not self._closed and self._engine is engine:
@@ -573,7 +573,7 @@ class AsyncLimiter:
                 interval = WATCHED_SWEEP_SECS if self._pids.complete else core.max_poll_interval
                 sweep_due = monotonic() + interval
             if look:
-                look = False
+                look, looked = False, monotonic()
                 version = await conn.run_sync(data_version)  # before looking, as in _limiter
                 waiters = list(self._waiters.values())
                 flags, outlook = await conn.run_sync(core.could_grant, [w.request for w in waiters])
@@ -598,8 +598,8 @@ class AsyncLimiter:
             now = monotonic()
             if now >= sweep_due or now >= expiry_due:
                 self._sweep_now, expiry_due = True, math.inf
-            if await conn.run_sync(data_version) != version:
-                look = True
+            if monotonic() - looked >= core.poll_interval:  # at most once per poll (_limiter)
+                look = await conn.run_sync(data_version) != version
 
     def _start_reader(self, fd: int, callback: Callable[[], None]) -> None:
         if fd >= 0 and fd not in self._readers:

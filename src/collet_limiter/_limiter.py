@@ -436,7 +436,7 @@ class Limiter:
 
     def _watch_on(self, conn: Connection) -> None:
         core = self._core
-        version, look, sweep = -1, True, False
+        version, look, sweep, looked = -1, True, False, -math.inf
         sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
         engine = self._engine
         while self._waiters and not self._closed and self._engine is engine:
@@ -446,7 +446,7 @@ class Limiter:
                 interval = WATCHED_SWEEP_SECS if self._pids.complete else core.max_poll_interval
                 sweep_due = monotonic() + interval
             if look:
-                look = False
+                look, looked = False, monotonic()
                 version = data_version(conn)  # before looking: a later commit is seen next time
                 waiters = list(self._waiters.values())
                 flags, outlook = core.could_grant(conn, [w.request for w in waiters])
@@ -471,7 +471,10 @@ class Limiter:
             now = monotonic()
             if any(fd in ready for fd in pidfds) or now >= sweep_due or now >= expiry_due:
                 sweep, expiry_due = True, math.inf
-            if data_version(conn) != version:
+            # Pushed wake-ups reach the waiters whose turn came; looking after other commits
+            # is the backstop, at most once per poll interval, or every process's watcher would
+            # read the queue after every commit of a busy database.
+            if monotonic() - looked >= core.poll_interval and data_version(conn) != version:
                 look = True
 
     def _wake_waiters(self, tickets: set[int] | None) -> None:
