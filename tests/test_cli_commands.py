@@ -432,6 +432,38 @@ def test_doctor_reports_problems_and_exits_1(
     assert out.rstrip().endswith("found")
 
 
+def test_doctor_reports_a_network_filesystem(
+    cli: Callable[..., tuple[int, str, str]],
+    db: Path,
+    config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """There is no NFS mount here: only the mount-table lookup is replaced; the rest is real."""
+    assert cli("--db", str(db), "--config", str(config), "init")[0] == 0
+    monkeypatch.setattr("collet_limiter._doctor.filesystem_type", lambda path: "nfs4")
+    status, out, _ = cli("--db", str(db), "--config", str(config), "doctor")
+    assert status == 1
+    assert "filesystem   nfs4 (network: WAL is unsafe)" in out
+    assert (
+        "problem: it is on a network filesystem (nfs4): SQLite's WAL mode needs a local one" in out
+    )
+
+
+def test_watch_prints_a_status_line_per_refresh_when_not_in_a_terminal(
+    cli: Callable[..., tuple[int, str, str]], db: Path, limiter: Limiter
+) -> None:
+    with limiter.acquire("zai/glm-5"):
+        status, out, _ = cli("--db", str(db), "watch", "--interval", "0.1", "--count", "3")
+    assert status == 0
+    lines = out.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert re.fullmatch(
+            r"\d\d:\d\d:\d\d  zai/glm-5 1/1  zai/glm-4.7 0/2  claude/sonnet 0/1  global 1/3  waiting 0",
+            line,
+        ), line
+
+
 def test_verbose_logs_the_limiters_decisions_to_stderr(
     db: Path, config: Path, limiter: Limiter
 ) -> None:

@@ -188,54 +188,46 @@ def test_a_queued_run_starts_when_the_holder_finishes(
     assert "queueing for the primary" in err
 
 
-CHILD_TRAPS_TERM = textwrap.dedent(
+# A command that handles one signal (argv[3]) by recording it and who sent it, then exits 7.
+CHILD_TRAPS = textwrap.dedent(
     """
     import os, signal, sys, time
     def stop(signum, frame):
         open(sys.argv[1], "w").write(f"{signum} {os.getppid()}")
         sys.exit(7)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(int(sys.argv[3]), stop)
     open(sys.argv[2], "w").write("ready")
     time.sleep(60)
     """
 )
 
 
-def test_sigterm_to_run_reaches_the_child_and_the_lease_goes_after_it(
-    db: Path, config: Path, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_to_run_reaches_the_child_and_the_lease_goes_after_it(
+    db: Path, config: Path, tmp_path: Path, signum: signal.Signals
 ) -> None:
     got, ready = tmp_path / "got", tmp_path / "ready"
     run = subprocess.Popen(
         cli_command(
             *run_args(
-                db,
-                config,
-                "-m",
-                "zai/glm-5",
-                "--holder",
-                "trapper",
-                "--",
-                sys.executable,
-                "-c",
-                CHILD_TRAPS_TERM,
-                str(got),
-                str(ready),
+                db, config, "-m", "zai/glm-5", "--holder", "trapper", "--",
+                sys.executable, "-c", CHILD_TRAPS, str(got), str(ready), str(int(signum)),
             )
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
         wait_until(ready.exists, what="the child to start")
         assert lease_holders(db) == ["trapper"]
-        run.send_signal(signal.SIGTERM)
+        run.send_signal(signum)
         _, err = run.communicate(timeout=TIMEOUT)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait(TIMEOUT)
-    assert got.read_text() == f"{int(signal.SIGTERM)} {run.pid}"  # from run, to its child
+    assert got.read_text() == f"{int(signum)} {run.pid}"  # from run, to its child
     assert run.returncode == 7, err  # the child's own status, after it handled the signal
     assert lease_holders(db) == []
 

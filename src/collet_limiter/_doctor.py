@@ -19,8 +19,9 @@ from urllib.parse import quote
 from . import _schema as s
 from ._config import ENV_DB, default_db_path, load_config
 from ._core import config_fingerprint
-from ._engine import filesystem_type, is_network_filesystem, resolve_target
+from ._engine import resolve_target
 from ._errors import ConfigError, StorageError, translate_driver_errors
+from ._files import NETWORK_FILESYSTEMS, filesystem_type
 from ._migrate import known_revisions
 from ._schema import SCHEMA_REVISION
 
@@ -136,15 +137,35 @@ def _owner(uid: int) -> str:
         return str(uid)
 
 
-def _mode_findings(mode: int, what: str, found: _Findings) -> None:
+def _directory_findings(mode: int, found: _Findings) -> None:
+    # The same rule as opening: a directory anyone may write in is refused unless it is sticky.
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        found.problems.append(
+            f"its directory is writable by every user and not sticky (mode {mode:04o}): anyone "
+            "could replace the database, and a Limiter refuses to open it; use a private directory"
+        )
+    elif mode & stat.S_IWOTH:
+        found.notes.append(
+            f"its directory is writable by every user (sticky, mode {mode:04o}): others can "
+            "create files next to it; a private directory is safer"
+        )
+
+
+def _file_findings(mode: int, uid: int, found: _Findings) -> None:
     if mode & stat.S_IWOTH:
         found.problems.append(
-            f"the {what} is writable by every user (mode {mode:04o}): any local process could "
-            "take or drop permits; chmod o-w it"
+            f"the database file is writable by every user (mode {mode:04o}): any local process "
+            "could take or drop permits; chmod o-w it"
         )
     elif mode & stat.S_IWGRP:
         found.notes.append(
-            f"the {what} is writable by its group (mode {mode:04o}): every member is trusted"
+            f"the database file is writable by its group (mode {mode:04o}): every member is "
+            "trusted ([limiter] group shares it on purpose)"
+        )
+    if uid != os.geteuid():
+        found.notes.append(
+            f"the database belongs to {_owner(uid)}, not to you: whoever can write it decides "
+            "the limits of every process that uses it"
         )
 
 
@@ -183,7 +204,7 @@ def diagnose(
     if parent.is_dir():
         dir_mode = stat.S_IMODE(parent.stat().st_mode)
         found.facts["dir_mode"] = f"{dir_mode:04o}"
-        _mode_findings(dir_mode, "directory", found)
+        _directory_findings(dir_mode, found)
     else:
         found.problems.append(f"its directory {parent} does not exist")
     exists = path.is_file()
@@ -200,10 +221,10 @@ def diagnose(
         found.facts.update(
             size=info.st_size, file_mode=f"{mode:04o}", file_owner=_owner(info.st_uid)
         )
-        _mode_findings(mode, "database file", found)
+        _file_findings(mode, info.st_uid, found)
         _inspect_contents(path, fingerprint, source, found)
     fs_type = filesystem_type(path if exists else parent) if parent.is_dir() else None
-    network = parent.is_dir() and is_network_filesystem(path)
+    network = fs_type is not None and fs_type.lower() in NETWORK_FILESYSTEMS
     if network:
         found.problems.append(
             f"it is on a network filesystem ({fs_type}): SQLite's WAL mode needs a local one "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -24,10 +25,11 @@ import click
 from collet_limiter import Inspector, Limiter, load_config
 
 from ._demo_worker import EVENTS_TABLE
+from ._main import EXIT_SIGNAL_BASE, error
 from ._output import status_line
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from rich.console import Console
 
@@ -353,8 +355,29 @@ def _intro(workers: int, duration: float, db: Path) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the demo through its cleanup (workers stopped, files removed)."""
+
+    def leave(signum: int, _frame: object) -> None:
+        error(f"{signal.Signals(signum).name}: stopping the demo")
+        raise SystemExit(EXIT_SIGNAL_BASE + signum)
+
+    previous = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_demo(*, workers: int, duration: float, keep: bool) -> int:
     """Run the demo; exit status 0 when the limits held and every kind was shown."""
+    with _terminated_as_exit():
+        return _run_demo(workers=workers, duration=duration, keep=keep)
+
+
+def _run_demo(*, workers: int, duration: float, keep: bool) -> int:
     from ._tables import make_console
 
     console = make_console()
