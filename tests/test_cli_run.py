@@ -47,6 +47,26 @@ def test_run_exits_with_the_commands_exit_status(db: Path, config: Path, status:
     assert lease_holders(db) == []
 
 
+def test_the_status_is_collected_even_when_sigchld_was_ignored_by_the_parent(
+    db: Path, config: Path
+) -> None:
+    """An ignored SIGCHLD survives exec; left so, the kernel would reap the command itself."""
+    code = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'collet_limiter', *sys.argv[1:]])\n"
+    )
+    argv = run_args(db, config, "-m", "zai/glm-5", "--", "sh", "-c", "sleep 0.2; exit 5")
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (5, "")
+
+
 def test_a_command_killed_by_a_signal_gives_128_plus_the_signal(db: Path, config: Path) -> None:
     result = run_cli(*run_args(db, config, "-m", "zai/glm-5", "--", "sh", "-c", "kill -KILL $$"))
     assert result.returncode == 128 + signal.SIGKILL

@@ -8,7 +8,7 @@ imported inside the commands that need them, so ``run`` never loads rich.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 CONTEXT: Final[dict[str, Any]] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-F = Any  # a click-decorated function
+F = TypeVar("F", bound="Callable[..., Any]")  # a function that click decorates
 
 
 @dataclass

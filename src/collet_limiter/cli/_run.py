@@ -106,6 +106,9 @@ def exit_status(wait_status: int) -> int:
 def run(request: RunRequest, *, db: str | None, config: Config) -> int:
     """Acquire, run the command, release; return the exit status ``run`` should exit with."""
     waited_for: set[int] = {*FORWARDED, signal.SIGCHLD}
+    # An ignored SIGCHLD (inherited across exec) would make the kernel reap the command itself,
+    # leaving no exit status to collect and no SIGCHLD to wake on.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     original_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited_for)
     try:
         limiter = Limiter(db, config=config)
