@@ -309,6 +309,16 @@ def test_explain_lists_the_candidates_in_order_with_reasons(
     )
 
 
+def test_explain_says_when_a_request_would_queue(
+    cli: Callable[..., tuple[int, str, str]], db: Path, limiter: Limiter
+) -> None:
+    with limiter.acquire("local/solo"):
+        status, out, _ = cli("--db", str(db), "explain", "local/solo", "--json")
+        _, text, _ = cli("--db", str(db), "explain", "local/solo")
+    assert (status, json.loads(out)["choice"]) == (0, None)
+    assert text.rstrip().endswith("would queue for local/solo (full (1/1 held))")
+
+
 # --- reap -----------------------------------------------------------------------------------------
 
 

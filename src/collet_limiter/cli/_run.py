@@ -2,12 +2,13 @@
 
 Signals. The forwarded signals (and SIGCHLD) are blocked in every thread from the start, and the
 main thread takes them one at a time with ``sigtimedwait``. Blocking first, before the Limiter
-starts its heartbeat thread, matters: a process-directed signal goes to any thread that does not
-block it, and a thread that is not the main one would either die of it or have it run a Python
-handler that the main thread, asleep in a system call, never gets to. ``sigtimedwait`` also says
-who sent a signal: the kernel (``SI_KERNEL``) sends the terminal's Ctrl-C, Ctrl-\\ and hangup to
-the whole foreground process group, which the command is part of, so those reach it already and
-are not sent a second time; anything sent by a process (``kill``) is forwarded.
+starts any thread (heartbeat, wake-up watcher), matters: threads inherit the mask, and a
+process-directed signal goes to any thread that does not block it, which would die of it or
+leave a Python handler for the main thread to run, asleep as it is in a system call.
+``sigtimedwait`` also says who sent a signal: the kernel (``SI_KERNEL``) sends the terminal's
+Ctrl-C, Ctrl-\\ and hangup to the whole foreground process group, which the command is part of,
+so those reach it already and are not sent a second time; anything a process sends (``kill``)
+is forwarded.
 
 The command is started with ``posix_spawn`` and the signal mask ``run`` started with, so it sees
 the signals as if it had been started directly; waiting in the queue happens in a helper thread,

@@ -174,8 +174,9 @@ def explain_verdict(explanation: Explanation) -> str:
     """What an acquire would do now, in one sentence."""
     choice = explanation.choice
     if choice is None:
-        first = explanation.candidates[0].reason if explanation.candidates else ""
-        reason = explanation.global_reason if "global cap" in explanation.global_reason else first
+        # The primary's own verdict says why (it names the global cap when that is what blocks).
+        first = explanation.candidates[0] if explanation.candidates else None
+        reason = first.reason if first is not None else explanation.global_reason
         return f"would queue for {explanation.primary} ({reason})"
     if choice.via == "primary":
         return f"would take {choice.key} itself ({choice.reason})"
