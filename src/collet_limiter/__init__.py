@@ -9,8 +9,9 @@ the Rust agent orchestrator collet.
 
 from __future__ import annotations
 
+import typing as _typing
+
 from ._agents import load_agent_chain
-from ._aio import AsyncLease, AsyncLimiter
 from ._config import Config, load_config
 from ._doctor import Diagnosis, diagnose
 from ._errors import (
@@ -41,6 +42,9 @@ from ._results import (
     Status,
     TicketInfo,
 )
+
+if _typing.TYPE_CHECKING:
+    from ._aio import AsyncLease, AsyncLimiter
 
 __version__ = "0.1.0"
 
@@ -83,3 +87,17 @@ __all__ = [
     "parse_providers_chain",
     "profile_for",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The asyncio face loads on first use: importing asyncio and SQLAlchemy's asyncio extension
+    # would otherwise slow every `collet-limiter run` and every sync-only program.
+    if name in ("AsyncLease", "AsyncLimiter"):
+        from . import _aio
+
+        return getattr(_aio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

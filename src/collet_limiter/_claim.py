@@ -191,6 +191,11 @@ def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecor
 # --- the general path --------------------------------------------------------------------------
 
 
+def _with_why(candidate: Candidate, room: str) -> str:
+    """A fallback's room verdict, prefixed with why it is a candidate (the primary needs none)."""
+    return room if candidate.via in ("primary", "queue") else f"{candidate.reason}; {room}"
+
+
 def _decide(
     request: ClaimRequest, rows: dict[ModelKey, ModelRow], snap: Snapshot, ticket: int | None
 ) -> tuple[Verdict | None, list[Verdict], str]:
@@ -208,7 +213,7 @@ def _decide(
         ok, reason = snap.model_verdict(candidate.key)
         if ok and not global_ok:
             ok, reason = False, global_reason
-        verdict = Verdict(candidate, granted=ok, reason=reason)
+        verdict = Verdict(candidate, granted=ok, reason=_with_why(candidate, reason))
         verdicts.append(verdict)
         if ok:
             return verdict, verdicts, global_reason
@@ -347,5 +352,5 @@ def explain(
         ok, reason = snap.model_verdict(candidate.key)
         if ok and not global_ok:
             ok, reason = False, f"{reason}, but {global_reason}"
-        verdicts.append(Verdict(candidate, granted=ok, reason=reason))
+        verdicts.append(Verdict(candidate, granted=ok, reason=_with_why(candidate, reason)))
     return verdicts, global_reason

@@ -200,7 +200,7 @@ class Core:
                 "%s: all %d candidates exhausted (%s); %s",
                 request.primary,
                 len(result.verdicts),
-                result.global_reason or primary_reason,
+                primary_reason,
                 "queueing for the primary" if request.enqueue else "returning QueueWait",
             )
 

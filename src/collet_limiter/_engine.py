@@ -24,10 +24,6 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
-from ._files import filesystem_type, is_network_filesystem
-
-__all__ = ["filesystem_type", "is_network_filesystem"]  # re-exported for _doctor
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
