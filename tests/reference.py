@@ -1,0 +1,376 @@
+"""A small pure reference model of the limiter's rules, written from the README, not the code.
+
+It imports nothing of ``_fallback``, ``_fairness`` or ``_store``: only the public data types
+(``ModelKey``, ``Config`` for its parsed fields, ``CostTier`` and ``profile_for``, the built-in
+profile table, which ``test_properties`` checks on its own). Everything is plain dictionaries
+in memory, with the ids the real limiter assigned, so that a test can compare the two row by row.
+
+The rules, as the README states them:
+
+- A model's row: a ``[[models]]`` entry whose name is the model name, else one named
+  ``provider/model``, gives the limit, tier and tool use; what it leaves out comes from the
+  built-in table, and the limit from the tier (premium 3, standard 5, cheap 8). The config's
+  providers give the rows in config order; other keys get a row when first requested.
+- Fallback order: the primary; the chain (skipping repeats); configured non-CLI models of the
+  same tier or one lower, with tool use if the primary has it; each CLI provider's first model,
+  checked for tool use only.
+- Fairness: a request may take a slot of K only if K's free slots exceed the waiters of K ahead
+  of it (a fresh request is behind every waiter); the global cap only if its free slots exceed
+  the waiters ahead whose own model has room.
+- A claim that cannot grant the primary first reclaims expired leases and tickets and those of
+  dead holders, then decides again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from collet_limiter import CostTier, ModelKey, profile_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from collet_limiter import Config
+
+TIER_LIMIT = {CostTier.PREMIUM: 3, CostTier.STANDARD: 5, CostTier.CHEAP: 8}
+ONE_LOWER = {CostTier.PREMIUM: CostTier.STANDARD, CostTier.STANDARD: CostTier.CHEAP}
+
+
+@dataclass(frozen=True)
+class Row:
+    """A model's limit and profile; ``position`` is None for a key added on demand."""
+
+    key: ModelKey
+    limit: int
+    tier: CostTier
+    tools: bool
+    is_cli: bool
+    position: int | None
+
+
+def _entry(config: Config, key: ModelKey) -> object | None:
+    for name in (key.model, f"{key.provider}/{key.model}"):
+        for entry in config.models:
+            if entry.name == name:
+                return entry
+    return None
+
+
+def row_for(config: Config, key: ModelKey, *, position: int | None, is_cli: bool) -> Row:
+    """The row of ``key`` under ``config``."""
+    base = profile_for(key.model)
+    entry = _entry(config, key)
+    tier = getattr(entry, "cost_tier", None) or base.cost_tier
+    tools = getattr(entry, "supports_tools", None)
+    tools = base.supports_tool_use if tools is None else tools
+    limit = getattr(entry, "concurrency_limit", None) or TIER_LIMIT[tier]
+    return Row(key, limit, tier, tools, is_cli, position)
+
+
+def configured_rows(config: Config) -> list[Row]:
+    """The providers' models in config order (a provider listing none is ``name/name``)."""
+    rows: list[Row] = []
+    for provider in config.providers:
+        for model in provider.models or (provider.name,):
+            key = ModelKey(provider.name, model)
+            if all(row.key != key for row in rows):
+                rows.append(row_for(config, key, position=len(rows), is_cli=bool(provider.cli)))
+    return rows
+
+
+def demand_row(config: Config, key: ModelKey) -> Row:
+    """The row added for a key the config's providers do not list."""
+    is_cli = any(p.name == key.provider and bool(p.cli) for p in config.providers)
+    return row_for(config, key, position=None, is_cli=is_cli)
+
+
+def what_config_writes(config: Config) -> tuple[object, ...]:
+    """What opening with ``config`` stores: equal values mean the database is left as it is."""
+    entries = tuple(entry.model_dump(mode="json") for entry in config.models)
+    return (config.max_agents, tuple(configured_rows(config)), repr(entries))
+
+
+@dataclass
+class Holding:
+    """A lease or a ticket as the model knows it."""
+
+    key: ModelKey
+    owner: str
+    token: str
+    expires: float
+    via: str = ""
+    dead: bool = False
+
+
+@dataclass
+class Outcome:
+    """What a claim should do: grant (key, via), or leave a ticket; and what it reclaims."""
+
+    granted: tuple[ModelKey, str] | None
+    ticket: int | None
+    requeued: bool
+    reaped: set[tuple[str, int]] = field(default_factory=set)
+
+
+@dataclass
+class Reference:
+    """The state the limiter's tables should hold, and the rules that change it."""
+
+    config: Config
+    now: float
+    ttl: float
+    rows: dict[ModelKey, Row] = field(default_factory=dict)
+    cap: int = 3
+    leases: dict[int, Holding] = field(default_factory=dict)
+    tickets: dict[int, Holding] = field(default_factory=dict)
+    written: tuple[object, ...] | None = None
+    # Per key, how far above its limit the holders may be: only after a config lowered the limit
+    # under existing leases, and never more than then.
+    allowance: Counter[ModelKey] = field(default_factory=Counter)
+    cap_allowance: int = 0
+
+    # --- config ---------------------------------------------------------------------------------
+
+    def open_with(self, config: Config) -> bool:
+        """A limiter opened with ``config``; True when it rewrote the models table and the cap."""
+        if self.written == what_config_writes(config):
+            return False
+        demand_keys = [key for key, row in self.rows.items() if row.position is None]
+        new = {row.key: row for row in configured_rows(config)}
+        for key in demand_keys:
+            new.setdefault(key, demand_row(config, key))
+        self.rows, self.cap, self.config = new, config.max_agents, config
+        self.written = what_config_writes(config)
+        self._rebase(self.rows)
+        self.cap_allowance = max(self.cap_allowance, len(self.leases) - self.cap, 0)
+        return True
+
+    def ensure(self, config: Config, keys: Iterable[ModelKey]) -> None:
+        """Rows for requested keys the table lacks, computed by the requester's config."""
+        added = [key for key in dict.fromkeys(keys) if key not in self.rows]
+        for key in added:
+            self.rows[key] = demand_row(config, key)
+        self._rebase(added)
+
+    def _rebase(self, keys: Iterable[ModelKey]) -> None:
+        """A limit was (re)defined under existing leases: those leases are not revoked."""
+        held = self.held()
+        for key in keys:
+            over = held[key] - self.rows[key].limit
+            if over > 0:
+                self.allowance[key] = max(self.allowance[key], over)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def held(self) -> Counter[ModelKey]:
+        """Leases per model."""
+        return Counter(lease.key for lease in self.leases.values())
+
+    def ahead(self, ticket: int | None) -> Counter[ModelKey]:
+        """Waiters per model queued before ``ticket`` (all of them for a fresh request)."""
+        return Counter(t.key for tid, t in self.tickets.items() if ticket is None or tid < ticket)
+
+    def candidates(
+        self, primary: ModelKey, chain: Iterable[ModelKey]
+    ) -> list[tuple[ModelKey, str, bool]]:
+        """(key, via, eligible) in the order they are tried."""
+        want = self.rows[primary]
+        out = [(primary, "primary", True)]
+        seen = {primary}
+        for key in chain:
+            if key not in seen:
+                seen.add(key)
+                out.append((key, "chain", True))
+        configured = sorted(
+            (row for row in self.rows.values() if row.position is not None),
+            key=lambda row: row.position or 0,
+        )
+        for row in configured:
+            if row.is_cli or row.key in seen:
+                continue
+            seen.add(row.key)
+            tier_ok = row.tier in (want.tier, ONE_LOWER.get(want.tier))
+            out.append((row.key, "capability", tier_ok and (row.tools or not want.tools)))
+        offered: set[str] = set()
+        for row in configured:
+            if not row.is_cli or row.key.provider in offered:
+                continue
+            offered.add(row.key.provider)
+            if row.key not in seen:
+                seen.add(row.key)
+                out.append((row.key, "cli", row.tools or not want.tools))
+        return out
+
+    def admits(self, key: ModelKey, ticket: int | None) -> tuple[bool, bool]:
+        """(the model has room, the global cap has room) for a request holding ``ticket``."""
+        held, ahead = self.held(), self.ahead(ticket)
+
+        def free(k: ModelKey) -> int:
+            return self.rows[k].limit - held[k]
+
+        usable = sum(min(n, max(free(k), 0)) for k, n in ahead.items() if k in self.rows)
+        return free(key) > ahead[key], self.cap - len(self.leases) > usable
+
+    def decide(
+        self, primary: ModelKey, chain: Iterable[ModelKey], *, fallback: bool, ticket: int | None
+    ) -> tuple[ModelKey, str] | None:
+        """The (key, via) a claim grants now, without reclaiming anything; None for nothing."""
+        if fallback:
+            options = self.candidates(primary, chain)
+        else:
+            options = [(primary, "queue" if ticket is not None else "primary", True)]
+        for key, via, eligible in options:
+            if not eligible:
+                continue
+            model_ok, global_ok = self.admits(key, ticket)
+            if not global_ok:
+                return None
+            if model_ok:
+                return key, via
+        return None
+
+    def has_ticket(self, ticket: int | None, token: str) -> bool:
+        """Whether this waiter's ticket is still queued (an id alone may have been reused)."""
+        return ticket in self.tickets and self.tickets[ticket].token == token
+
+    def _at_the_head(self, primary: ModelKey, ticket: int | None, ticket_token: str) -> bool:
+        """No waiter ahead at all (a fresh request: none queued), and the primary has room."""
+        if primary not in self.rows:
+            return False
+        if ticket is None:
+            nobody_ahead = not self.tickets
+        else:
+            nobody_ahead = self.has_ticket(ticket, ticket_token) and min(self.tickets) == ticket
+        held = self.held()
+        room = held[primary] < self.rows[primary].limit and len(self.leases) < self.cap
+        return nobody_ahead and room
+
+    def could_grant(self, primary: ModelKey, ticket: int, token: str) -> bool:
+        """What a waiter's lock-free look answers (True also when a claim must sort it out)."""
+        if primary not in self.rows or not self.has_ticket(ticket, token):
+            return True
+        return all(self.admits(primary, ticket))
+
+    # --- changing -------------------------------------------------------------------------------
+
+    def reap(self) -> set[tuple[str, int]]:
+        """Remove expired leases and tickets and those of dead holders."""
+        gone: set[tuple[str, int]] = set()
+        for kind, table in (("lease", self.leases), ("ticket", self.tickets)):
+            for hid, holding in list(table.items()):
+                if holding.expires < self.now or holding.dead:
+                    del table[hid]
+                    gone.add((kind, hid))
+        self._shrink_allowance()
+        return gone
+
+    def claim(
+        self,
+        config: Config,
+        owner: str,
+        primary: ModelKey,
+        chain: list[ModelKey],
+        *,
+        fallback: bool,
+        enqueue: bool,
+        ticket: int | None,
+        tokens: tuple[str, str],
+        new_lease: int | None,
+        new_ticket: int | None,
+    ) -> Outcome:
+        """One claim by a limiter opened with ``config``; ``new_*`` are the ids the real one used.
+
+        ``tokens`` are the request's lease token and ticket token.
+        """
+        lease_token, ticket_token = tokens
+        if self._at_the_head(primary, ticket, ticket_token):
+            # Nobody is ahead and the primary has room: granted at once, reading no other row
+            # (so no row is added for the chain's keys, as the general path below would).
+            assert new_lease is not None, f"the reference grants {primary}, the limiter nothing"
+            via = "primary" if ticket is None else "queue"
+            self.leases[new_lease] = Holding(primary, owner, lease_token, self.now + self.ttl, via)
+            self.tickets.pop(ticket, None) if ticket is not None else None
+            return Outcome((primary, via), None, requeued=False)
+        self.ensure(config, [primary, *chain])
+        requeued = False
+        if ticket is not None and not self.has_ticket(ticket, ticket_token):
+            ticket, requeued = None, True
+        granted = self.decide(primary, chain, fallback=fallback, ticket=ticket)
+        reaped: set[tuple[str, int]] = set()
+        if granted is None or granted[0] != primary:
+            reaped = self.reap()
+            if reaped:
+                if ticket is not None and not self.has_ticket(ticket, ticket_token):
+                    ticket, requeued = None, True
+                granted = self.decide(primary, chain, fallback=fallback, ticket=ticket)
+        if granted is not None:
+            assert new_lease is not None, f"the reference grants {granted}, the limiter nothing"
+            self.leases[new_lease] = Holding(
+                granted[0], owner, lease_token, self.now + self.ttl, granted[1]
+            )
+            if ticket is not None:
+                del self.tickets[ticket]
+            return Outcome(granted, None, requeued, reaped)
+        if ticket is None and (enqueue or requeued):
+            assert new_ticket is not None, "the reference queues a ticket, the limiter none"
+            self.tickets[new_ticket] = Holding(primary, owner, ticket_token, self.now + self.ttl)
+            ticket = new_ticket
+        return Outcome(None, ticket, requeued, reaped)
+
+    def holds(self, lease_id: int, token: str) -> bool:
+        """Whether the lease with this id and token is still stored."""
+        return lease_id in self.leases and self.leases[lease_id].token == token
+
+    def release(self, lease_id: int, token: str) -> bool:
+        """Delete a lease by id and token; False when it was already reclaimed."""
+        if not self.holds(lease_id, token):
+            return False
+        del self.leases[lease_id]
+        self._shrink_allowance()
+        return True
+
+    def discard_ticket(self, token: str) -> None:
+        """A waiter gave up: its ticket goes."""
+        self.tickets = {i: t for i, t in self.tickets.items() if t.token != token}
+
+    def renew(self, owner: str) -> None:
+        """Every lease and ticket of ``owner`` now expires one TTL from now."""
+        for holding in (*self.leases.values(), *self.tickets.values()):
+            if holding.owner == owner:
+                holding.expires = self.now + self.ttl
+
+    def close(self, owner: str) -> None:
+        """A limiter closed: its leases and tickets go."""
+        self.leases = {i: h for i, h in self.leases.items() if h.owner != owner}
+        self.tickets = {i: h for i, h in self.tickets.items() if h.owner != owner}
+        self._shrink_allowance()
+
+    def kill(self, kind: str, hid: int) -> None:
+        """The holder of a lease or ticket is now provably dead."""
+        table = self.leases if kind == "lease" else self.tickets
+        table[hid] = replace(table[hid], dead=True)
+
+    def _shrink_allowance(self) -> None:
+        held = self.held()
+        for key in list(self.allowance):
+            limit = self.rows[key].limit if key in self.rows else held[key]
+            self.allowance[key] = min(self.allowance[key], max(held[key] - limit, 0))
+            if not self.allowance[key]:
+                del self.allowance[key]
+        self.cap_allowance = min(self.cap_allowance, max(len(self.leases) - self.cap, 0))
+
+    # --- the guarantees -------------------------------------------------------------------------
+
+    def within_limits(self, held: Counter[ModelKey], total: int) -> list[str]:
+        """Every way ``held`` (from the reference or the tables) breaks guarantee 1."""
+        problems = [
+            f"{key}: {count} held, limit {self.rows[key].limit} (+{self.allowance[key]} kept "
+            "from before a config lowered it)"
+            for key, count in held.items()
+            if key in self.rows and count > self.rows[key].limit + self.allowance[key]
+        ]
+        if total > self.cap + self.cap_allowance:
+            problems.append(f"{total} held in all, global cap {self.cap}")
+        return problems

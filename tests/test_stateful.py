@@ -1,0 +1,597 @@
+"""The real limiter on a real SQLite file, driven side by side with the reference model.
+
+A hypothesis ``RuleBasedStateMachine`` draws a config (providers, CLI providers, tiers, tool
+flags, limits, a global cap) and then acquires with random chains, waits, queues, releases,
+moves the fake clock past expiries, kills holders, reaps, renews and switches configs. Queued
+waiters are driven deterministically, without threads: a waiter is a claim request that left a
+ticket, retried through ``Core.claim`` as ``Limiter.acquire_wait`` retries it. After every step
+the tables (read with plain ``sqlite3``) must hold exactly the leases and tickets the model
+holds, every grant must be the model's choice of key and ``via``, and no model may hold more
+leases than its limit, nor all of them more than the global cap.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from collet_limiter import Acquired, AcquireTimeout, Config, Limiter, ModelKey, QueueWait
+from collet_limiter._identity import process_start
+
+from .conftest import FakeClock, make_config
+from .reference import Reference
+from .strategies import chains, configs, request_keys
+
+if TYPE_CHECKING:
+    from collet_limiter import Lease
+    from collet_limiter._store import ClaimRequest, LeaseRecord
+
+# Hypothesis's explain phase traces every line run (on Python < 3.12 with sys.settrace), which
+# through SQLAlchemy turns seconds into many minutes; failures are reported without it.
+NO_EXPLAIN = tuple(phase for phase in Phase if phase is not Phase.explain)
+TTL = 3600.0  # fake seconds; the heartbeat's real period (TTL/3) never comes during a test
+
+
+def dead_identity() -> tuple[int, float]:
+    """The (pid, start time) of a real process that has exited: a provably dead holder."""
+    child = subprocess.Popen(["sleep", "30"])
+    start = process_start(child.pid)
+    child.kill()
+    child.wait(10)
+    assert start is not None
+    return child.pid, start
+
+
+def make_template(directory: Path) -> Path:
+    """A migrated, empty database to copy for each example (migrating costs more than a test)."""
+    path = directory / "template.db"
+    Limiter(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+@dataclass
+class Generation:
+    """The limiters opened with one config: one for the public API, one for raw Core claims."""
+
+    config: Config
+    public: Limiter
+    raw: Limiter
+    closed: bool = False
+
+
+@dataclass
+class Waiter:
+    """A queued request and its current ticket."""
+
+    gen: Generation
+    request: ClaimRequest
+    ticket: int
+
+
+class LimiterMachine(RuleBasedStateMachine):
+    """Drives one database through the public API and Core claims; see the module docstring."""
+
+    template: Path
+    dead: tuple[int, float]
+    workdir: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(dir=self.workdir))
+        self.db = self.dir / "limiter.db"
+        shutil.copy(self.template, self.db)
+        self.clock = FakeClock()
+        self.gens: list[Generation] = []
+        self.public: list[tuple[Lease, Generation]] = []
+        self.raw: list[tuple[LeaseRecord, Generation]] = []
+        self.waiters: list[Waiter] = []
+        self.ref: Reference | None = None
+        self.pool: list[ModelKey] = []
+        self.look = sqlite3.connect(self.db, isolation_level=None)
+        self.look.execute("PRAGMA busy_timeout = 10000")
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Reference:
+        assert self.ref is not None
+        return self.ref
+
+    @property
+    def gen(self) -> Generation:
+        return self.gens[-1]
+
+    def open_generation(self, config: Config) -> None:
+        limiters = []
+        for _ in range(2):
+            limiter = Limiter(self.db, config=config, clock=self.clock, lease_ttl=TTL)
+            limiters.append(limiter)
+            self.model.open_with(config)
+        self.gens.append(Generation(config, *limiters))
+        self.pool = request_keys(config)
+
+    def claim(self, gen: Generation, request: ClaimRequest) -> tuple[Any, Any]:
+        """One Core claim on the raw limiter of ``gen``, and the model's outcome for it."""
+        result = gen.raw._write(lambda conn: gen.raw._core.claim(conn, request))
+        expected = self.model.claim(
+            gen.config,
+            request.owner,
+            request.primary,
+            list(request.chain),
+            fallback=request.fallback,
+            enqueue=request.enqueue,
+            ticket=request.ticket,
+            tokens=(request.token, request.ticket_token),
+            new_lease=result.lease.id if result.lease else None,
+            new_ticket=result.ticket,
+        )
+        got = (result.lease.key, result.lease.via) if result.lease else None
+        event(f"claim: {got[1] if got else 'queued'}{' after requeue' if result.requeued else ''}")
+        event(f"claim reaped {len(result.reaped)}")
+        assert got == expected.granted, (got, expected)
+        assert result.ticket == expected.ticket
+        assert result.requeued == expected.requeued
+        assert {(r.kind, r.id) for r in result.reaped} == expected.reaped
+        return result, expected
+
+    def model_claim_public(
+        self, primary: ModelKey, chain: list[ModelKey], *, fallback: bool, lease: Lease | None
+    ) -> Any:
+        """The model's outcome for a public acquire that leaves no ticket behind."""
+        gen = self.gen
+        return self.model.claim(
+            gen.config,
+            gen.public._core.owner,
+            primary,
+            chain,
+            fallback=fallback,
+            enqueue=False,
+            ticket=None,
+            tokens=(lease.token if lease is not None else "", ""),
+            new_lease=lease.id if lease is not None else None,
+            new_ticket=None,
+        )
+
+    def keys(self, data: st.DataObject) -> tuple[ModelKey, list[ModelKey]]:
+        """A primary (half the time one of two hot keys, so that they fill up) and a chain."""
+        hot = st.sampled_from(self.pool[:2])
+        return data.draw(hot | st.sampled_from(self.pool)), data.draw(chains(self.pool))
+
+    # --- rules ------------------------------------------------------------------------------
+
+    @initialize(config=configs)
+    def open_first(self, config: Config) -> None:
+        self.ref = Reference(config=config, now=self.clock.now, ttl=TTL)
+        self.open_generation(config)
+
+    @rule(data=st.data())
+    def acquire_with_fallback(self, data: st.DataObject) -> None:
+        primary, chain = self.keys(data)
+        outcome = self.gen.public.acquire_with_fallback(primary, chain)
+        lease = outcome.lease if isinstance(outcome, Acquired) else None
+        expected = self.model_claim_public(primary, chain, fallback=True, lease=lease)
+        if lease is None:
+            assert outcome == QueueWait(primary, outcome.reason), outcome
+            assert expected.granted is None, f"the model grants {expected.granted}"
+        else:
+            assert (lease.key, lease.via) == expected.granted
+            self.public.append((lease, self.gen))
+        event(f"acquire_with_fallback: {lease.via if lease else 'QueueWait'}")
+
+    @rule(data=st.data(), timeout=st.sampled_from([0, 0.005]), fallback=st.booleans())
+    def acquire_with_timeout(self, data: st.DataObject, timeout: float, fallback: bool) -> None:
+        """``acquire_wait`` (the key alone) or ``acquire`` (fallback, then queue) with a timeout."""
+        primary, chain = self.keys(data)
+        if not fallback:
+            chain = []
+        try:
+            if fallback:
+                lease = self.gen.public.acquire(primary, chain, timeout=timeout)
+            else:
+                lease = self.gen.public.acquire_wait(primary, timeout=timeout)
+        except AcquireTimeout:
+            lease = None
+        expected = self.model_claim_public(primary, chain, fallback=fallback, lease=lease)
+        if lease is None:
+            assert expected.granted is None, f"the model grants {expected.granted}"
+        else:
+            assert (lease.key, lease.via) == expected.granted
+            self.public.append((lease, self.gen))
+
+    @precondition(lambda self: len(self.waiters) < 4)
+    @rule(data=st.data(), fallback=st.booleans())
+    def queue(self, data: st.DataObject, fallback: bool) -> None:
+        """A request that queues when nothing is granted (as ``acquire`` or ``acquire_wait``)."""
+        primary, chain = self.keys(data)
+        gen = self.gen
+        request = gen.raw._core.request(
+            primary, chain if fallback else None, fallback=fallback, enqueue=True, label="w"
+        )
+        result, _ = self.claim(gen, request)
+        if result.lease is not None:
+            self.raw.append((result.lease, gen))
+        else:
+            assert result.ticket is not None
+            self.waiters.append(Waiter(gen, request, result.ticket))
+
+    @precondition(lambda self: self.waiters)
+    @rule(data=st.data())
+    def retry_waiter(self, data: st.DataObject) -> None:
+        """A waiter looks (lock-free), then claims with its ticket, as acquire_wait loops."""
+        waiter = data.draw(st.sampled_from(self.waiters))
+        request = waiter.gen.raw._core.with_ticket(
+            waiter.request, SimpleNamespace(ticket=waiter.ticket)
+        )
+        with waiter.gen.raw._connection() as conn:
+            (looks,), _ = waiter.gen.raw._core.could_grant(conn, [request])
+        assert looks == self.model.could_grant(request.primary, waiter.ticket, request.ticket_token)
+        result, _ = self.claim(waiter.gen, request)
+        if result.lease is not None:
+            self.waiters.remove(waiter)
+            self.raw.append((result.lease, waiter.gen))
+        else:
+            assert result.ticket is not None
+            waiter.ticket = result.ticket
+
+    @precondition(lambda self: self.waiters)
+    @rule(data=st.data())
+    def retry_waiter_again(self, data: st.DataObject) -> None:
+        """Waiters retry far more often than anything else happens: weight the rule."""
+        self.retry_waiter(data)
+
+    @precondition(lambda self: self.waiters)
+    @rule(data=st.data())
+    def cancel_waiter(self, data: st.DataObject) -> None:
+        waiter = data.draw(st.sampled_from(self.waiters))
+        core = waiter.gen.raw._core
+        waiter.gen.raw._write(lambda conn: core.discard(conn, waiter.request))
+        self.model.discard_ticket(waiter.request.ticket_token)
+        self.waiters.remove(waiter)
+
+    @precondition(lambda self: self.public or self.raw)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        handles = [("public", i) for i in range(len(self.public))]
+        handles += [("raw", i) for i in range(len(self.raw))]
+        kind, index = data.draw(st.sampled_from(handles))
+        if kind == "public":
+            lease, _ = self.public.pop(index)
+            present = self.model.release(lease.id, lease.token)
+            lease.release()
+            assert lease.lost == (not present), (lease, present)
+            assert lease.released
+        else:
+            record, gen = self.raw.pop(index)
+            present = self.model.release(record.id, record.token)
+            core = gen.raw._core
+            released = gen.raw._write(lambda conn: core.release(conn, record.id, record.token))
+            assert released == present
+
+    @precondition(lambda self: self.public or self.raw)
+    @rule(data=st.data())
+    def release_another(self, data: st.DataObject) -> None:
+        """Holders release as often as they acquire: weight the rule."""
+        self.release(data)
+
+    @rule(seconds=st.sampled_from([1.0, TTL / 2, TTL, TTL + 1, 2 * TTL]))
+    def advance_clock(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.model.now = self.clock.now
+
+    @precondition(lambda self: self.model.leases or self.model.tickets)
+    @rule(data=st.data())
+    def holder_dies(self, data: st.DataObject) -> None:
+        """The process recorded for a lease or ticket is now one that has exited."""
+        rows = [("lease", i) for i in self.model.leases]
+        rows += [("ticket", i) for i in self.model.tickets]
+        kind, hid = data.draw(st.sampled_from(sorted(rows)))
+        statement = {
+            "lease": "UPDATE leases SET pid = ?, pid_start = ? WHERE id = ?",
+            "ticket": "UPDATE waiters SET pid = ?, pid_start = ? WHERE id = ?",
+        }[kind]
+        self.look.execute(statement, (*self.dead, hid))
+        self.model.kill(kind, hid)
+
+    @rule()
+    def reap(self) -> None:
+        reaped = self.gen.public.reap()
+        assert {(r.kind, r.id) for r in reaped} == self.model.reap()
+
+    @rule(data=st.data())
+    def renew(self, data: st.DataObject) -> None:
+        gen = data.draw(st.sampled_from([g for g in self.gens if not g.closed]))
+        mine = [lease for lease, g in self.public if g is gen and not lease.released]
+        lost = gen.public.renew()
+        expected = {lease.id for lease in mine if not self.model.holds(lease.id, lease.token)}
+        assert {lease.id for lease in lost} == expected
+        self.model.renew(gen.public._core.owner)
+        for lease in lost:
+            assert lease.lost
+
+    @rule(config=configs, close_old=st.booleans())
+    def change_config(self, config: Config, close_old: bool) -> None:
+        """Another config opens the database: the last config written is the one obeyed."""
+        old = self.gen
+        self.open_generation(config)
+        if close_old:
+            old.closed = True
+            for limiter in (old.public, old.raw):
+                limiter.close()
+                self.model.close(limiter._core.owner)
+            self.public = [(lease, g) for lease, g in self.public if g is not old]
+            self.raw = [(record, g) for record, g in self.raw if g is not old]
+            self.waiters = [w for w in self.waiters if w.gen is not old]
+
+    @rule(data=st.data())
+    def explain(self, data: st.DataObject) -> None:
+        """``explain`` lists the model's candidates in its order and picks its choice."""
+        primary, chain = self.keys(data)
+        explanation = self.gen.public.explain(primary, chain)
+        scratch = replace(self.model, rows=dict(self.model.rows))
+        scratch.ensure(self.gen.config, [primary, *chain])
+        candidates = [(c.key, c.via, c.eligible) for c in explanation.candidates]
+        assert candidates == scratch.candidates(primary, chain)
+        choice = explanation.choice
+        got = (choice.key, choice.via) if choice is not None else None
+        assert got == scratch.decide(primary, chain, fallback=True, ticket=None)
+
+    # --- invariants -------------------------------------------------------------------------
+
+    @invariant()
+    def tables_hold_exactly_the_models_leases_and_tickets(self) -> None:
+        if self.ref is None:
+            return
+        leases = {
+            hid: (ModelKey(p, m), via, owner, token)
+            for hid, p, m, via, owner, token in self.look.execute(
+                "SELECT id, provider, model, via, owner, token FROM leases"
+            )
+        }
+        assert leases == {
+            hid: (h.key, h.via, h.owner, h.token) for hid, h in self.model.leases.items()
+        }, "leases differ"
+        tickets = {
+            hid: (ModelKey(p, m), owner, token)
+            for hid, p, m, owner, token in self.look.execute(
+                "SELECT id, provider, model, owner, token FROM waiters"
+            )
+        }
+        assert tickets == {
+            hid: (h.key, h.owner, h.token) for hid, h in self.model.tickets.items()
+        }, "tickets differ"
+
+    @invariant()
+    def models_table_and_cap_are_the_last_config_written(self) -> None:
+        if self.ref is None:
+            return
+        rows = {
+            ModelKey(p, m): (limit, tier, bool(tools), bool(cli), position)
+            for p, m, limit, tier, tools, cli, position in self.look.execute(
+                "SELECT provider, model, concurrency_limit, cost_tier, supports_tool_use, "
+                "is_cli, position FROM models"
+            )
+        }
+        assert rows == {
+            key: (r.limit, r.tier.value, r.tools, r.is_cli, r.position)
+            for key, r in self.model.rows.items()
+        }
+        (cap,) = self.look.execute("SELECT value FROM meta WHERE key = 'max_agents'").fetchone()
+        assert int(cap) == self.model.cap
+
+    @invariant()
+    def no_model_holds_more_than_its_limit_nor_all_more_than_the_cap(self) -> None:
+        if self.ref is None:
+            return
+        held = Counter(
+            {
+                ModelKey(p, m): n
+                for p, m, n in self.look.execute(
+                    "SELECT provider, model, count(*) FROM leases GROUP BY provider, model"
+                )
+            }
+        )
+        assert self.model.within_limits(held, sum(held.values())) == [], "tables"
+        ref_held = self.model.held()
+        assert self.model.within_limits(ref_held, len(self.model.leases)) == [], "model"
+
+    def teardown(self) -> None:
+        try:
+            for gen in self.gens:
+                gen.public.close()
+                gen.raw.close()
+            if self.ref is not None:
+                # Closing gives back everything each limiter held, dead holders' rows included.
+                assert self.look.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+                assert self.look.execute("SELECT count(*) FROM waiters").fetchone() == (0,)
+        finally:
+            self.look.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def machine(workdir: Path) -> type[LimiterMachine]:
+    """The machine class bound to a template database and a dead holder's identity."""
+    return type(
+        "LimiterMachine",
+        (LimiterMachine,),
+        {"template": make_template(workdir), "dead": dead_identity(), "workdir": workdir},
+    )
+
+
+def test_the_limiter_agrees_with_the_reference_model_step_by_step(tmp_path: Path) -> None:
+    run_state_machine_as_test(
+        machine(tmp_path),
+        settings=settings(
+            settings.default,
+            max_examples=min(settings.default.max_examples, 40),
+            stateful_step_count=40,
+            phases=NO_EXPLAIN,
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_the_limiter_agrees_with_the_reference_model_over_long_runs(tmp_path: Path) -> None:
+    run_state_machine_as_test(
+        machine(tmp_path),
+        settings=settings(
+            settings.default,
+            max_examples=max(settings.default.max_examples, 400),
+            stateful_step_count=100,
+            phases=NO_EXPLAIN,
+        ),
+    )
+
+
+def test_the_reference_check_catches_an_injected_over_admission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Break the fairness rule by one (free >= waiters ahead): the machine must notice."""
+    from collet_limiter import _fairness
+
+    def off_by_one(self: Any, key: ModelKey) -> tuple[bool, str]:
+        free = self.limits[key] - self.held.get(key, 0)
+        return free >= self.ahead.get(key, 0), "room (broken on purpose)"
+
+    monkeypatch.setattr(_fairness.Snapshot, "model_verdict", off_by_one)
+    with pytest.raises(AssertionError) as caught:
+        run_state_machine_as_test(
+            machine(tmp_path),
+            settings=settings(
+                max_examples=200,
+                stateful_step_count=30,
+                deadline=None,
+                phases=[Phase.generate],
+                suppress_health_check=[HealthCheck.too_slow],
+                report_multiple_bugs=False,
+            ),
+        )
+    # Either a grant the model refuses, or a count above a limit in the tables.
+    assert re.search(r"the model grants|ModelKey|held, limit|global cap", str(caught.value))
+
+
+# --- found by the machine --------------------------------------------------------------------
+
+
+def queue_for(key: str, limiter: Limiter) -> ClaimRequest:
+    """A request that queues for ``key`` alone when it cannot be granted (as acquire_wait)."""
+    return limiter._core.request(key, None, fallback=False, enqueue=True, label=None)
+
+
+def core_claim(limiter: Limiter, request: ClaimRequest) -> tuple[ClaimRequest, Any]:
+    """One claim through the limiter's Core, in its turn to write; returns (request, result)."""
+    return request, limiter._write(lambda conn: limiter._core.claim(conn, request))
+
+
+def test_a_waiter_whose_ticket_was_reclaimed_does_not_take_the_place_of_a_later_one(
+    db: Path, clock: FakeClock
+) -> None:
+    """A stalled waiter retrying with a reclaimed ticket's id must not use another's ticket.
+
+    SQLite reuses the largest rowid once its row is deleted, so the ticket queued right after a
+    stalled waiter's ticket was reaped can get the same id. The stalled waiter must go to the
+    back of the queue (its ticket is gone), not take that id's place and delete its ticket.
+    """
+    config = make_config(models=[{"name": "m", "concurrency_limit": 1}])
+    holder, a, b = (Limiter(db, config=config, clock=clock, lease_ttl=60) for _ in range(3))
+    try:
+        lease = holder.acquire("p/m")
+        request_a, queued_a = core_claim(a, queue_for("p/m", a))
+        clock.advance(61)  # a stalls past its ticket's expiry; the holder stays alive
+        holder.renew()
+        request_b, queued_b = core_claim(b, queue_for("p/m", b))  # reclaims a's ticket
+        lease.release()
+        _, again_a = core_claim(a, a._core.with_ticket(request_a, queued_a))  # a resumes
+        _, again_b = core_claim(b, b._core.with_ticket(request_b, queued_b))
+        assert again_a.lease is None and again_a.requeued, "a's ticket was gone: a requeues"
+        assert again_b.lease is not None and again_b.lease.via == "queue", "b was first"
+    finally:
+        for limiter in (holder, a, b):
+            limiter.close()
+
+
+def test_a_waiter_whose_ticket_was_reclaimed_goes_behind_the_waiters_still_queued(
+    db: Path, clock: FakeClock
+) -> None:
+    """Its old place is gone: it must not be granted ahead of waiters queued after that place.
+
+    (Here no id is reused: ``c`` queued before ``a`` stalled, ``b`` after ``a``'s ticket went.)
+    """
+    config = make_config(models=[{"name": "m", "concurrency_limit": 1}])
+    holder, a, b = (Limiter(db, config=config, clock=clock, lease_ttl=60) for _ in range(3))
+    try:
+        lease = holder.acquire("p/m")
+        request_a, queued_a = core_claim(a, queue_for("p/m", a))
+        request_c, queued_c = core_claim(holder, queue_for("p/m", holder))
+        clock.advance(61)  # a stalls past its ticket's expiry; holder (and its waiter c) renew
+        holder.renew()
+        core_claim(b, queue_for("p/m", b))  # reclaims a's ticket, queues b
+        lease.release()
+        _, again_a = core_claim(a, a._core.with_ticket(request_a, queued_a))  # a resumes
+        assert again_a.lease is None, f"a jumped the queue ({again_a.lease})"
+        assert again_a.requeued
+        _, again_c = core_claim(holder, holder._core.with_ticket(request_c, queued_c))
+        assert again_c.lease is not None, "c, the oldest waiter left, is served"
+    finally:
+        for limiter in (holder, a, b):
+            limiter.close()
+
+
+def test_a_lease_granted_after_its_holder_lost_one_is_still_renewed(
+    db: Path, clock: FakeClock
+) -> None:
+    """Releasing a lost lease must not stop the heartbeat renewing the holder's live lease.
+
+    The live lease may reuse the lost lease's row id (SQLite reuses the largest rowid); if the
+    limiter tracks its leases by id alone, releasing the lost handle forgets the live one, which
+    then expires while held and is granted to someone else.
+    """
+    config = make_config(models=[{"name": "m", "concurrency_limit": 1}])
+    with (
+        Limiter(db, config=config, clock=clock, lease_ttl=60) as limiter,
+        Limiter(db, config=config, clock=clock, lease_ttl=60) as other,
+    ):
+        stalled = limiter.acquire("p/m")
+        clock.advance(61)  # the holder stalled past its TTL
+        live = limiter.acquire("p/m", timeout=0)  # reclaims the expired lease
+        stalled.release()
+        assert stalled.lost
+        clock.advance(30)
+        limiter.renew()  # what the heartbeat does every TTL/3
+        clock.advance(40)  # 70 s after the grant, 40 s after the renewal
+        with pytest.raises(AcquireTimeout):
+            other.acquire("p/m", timeout=0)
+        assert not live.lost
+
+
+def test_renewal_reports_a_lost_lease_even_when_its_id_was_reused(
+    db: Path, clock: FakeClock
+) -> None:
+    config = make_config(models=[{"name": "m", "concurrency_limit": 1}])
+    with Limiter(db, config=config, clock=clock, lease_ttl=60) as limiter:
+        stalled = limiter.acquire("p/m")
+        clock.advance(61)
+        live = limiter.acquire("p/m", timeout=0)  # reclaims the expired lease
+        assert limiter.renew() == [stalled]
+        assert stalled.lost and not live.lost
