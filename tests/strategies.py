@@ -201,7 +201,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
+    return key if _BARE_KEY.match(key) else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:  # noqa: PLR0911 - one return per TOML type
@@ -214,7 +214,9 @@ def _toml_value(value: Any) -> str:  # noqa: PLR0911 - one return per TOML type
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string of non-surrogates is a TOML basic string
+        # A JSON string is a TOML basic string once astral characters are left as they are
+        # (JSON would write surrogate pairs) and DEL is escaped (TOML requires it).
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, dict):
