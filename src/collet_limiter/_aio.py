@@ -176,7 +176,7 @@ class AsyncLimiter:
         self._closing = asyncio.Event()
         self._wanted = asyncio.Event()  # set when a task starts waiting: the watcher wakes up
         self._closed = False
-        self._leases: dict[int, AsyncLease] = {}
+        self._leases: dict[str, AsyncLease] = {}  # by token, the proof of ownership
         self._waiters: dict[str, _Waiter] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -240,7 +240,7 @@ class AsyncLimiter:
             self._leases = {}
             for lease, record in zip(held, records, strict=True):
                 lease._record, lease.expires_ts = record, record.expires_ts  # noqa: SLF001
-                self._leases[record.id] = lease
+                self._leases[record.token] = lease
         self._poke.set()  # the watcher reconnects to the new file
 
     def _after_fork(self) -> None:
@@ -519,12 +519,12 @@ class AsyncLimiter:
             raise LimiterClosedError(
                 f"AsyncLimiter on {self._core.display} was closed while acquiring"
             )
-        self._leases[lease.id] = lease
+        self._leases[lease.token] = lease
         self._ensure_task("_heartbeat", self._beat)
         return lease
 
     async def _release(self, lease: AsyncLease) -> None:
-        self._leases.pop(lease.id, None)
+        self._leases.pop(lease.token, None)
         if not await self._run(self._core.release, lease.id, lease.token, write=True):
             lease._mark_lost()  # noqa: SLF001
             log.warning("%r was reclaimed before its release (it had expired)", lease)
@@ -647,13 +647,14 @@ class AsyncLimiter:
         The heartbeat task does this every TTL/3.
         """
         held = dict(self._leases)
-        expires, lost_ids = await self._run(self._core.renew, list(held), write=True)
+        expires, lost_tokens = await self._run(self._core.renew, list(held), write=True)
         lost = []
-        for lease_id, lease in held.items():
-            if lease_id in lost_ids:
+        for token, lease in held.items():
+            if token in lost_tokens:
                 lease._mark_lost()  # noqa: SLF001
-                self._leases.pop(lease_id, None)
+                self._leases.pop(token, None)
                 lost.append(lease)
+                self._core.log_lost(lease)
             else:
                 lease.expires_ts = expires
         return lost

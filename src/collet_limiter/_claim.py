@@ -123,7 +123,13 @@ def _conditional_insert(nobody_ahead: Any) -> Any:
 # A fresh request when nobody waits, and the waiter at the head of the whole queue: each is
 # exactly the fairness rule with no waiters ahead, so the condition is all a claim needs.
 _FAST_FRESH: Final = _conditional_insert(~exists().where(s.waiters.c.id.is_not(None)))
-_FAST_HEAD: Final = _conditional_insert(~exists().where(s.waiters.c.id < bindparam("ticket_id")))
+_FAST_HEAD: Final = _conditional_insert(
+    exists().where(
+        (s.waiters.c.id == bindparam("ticket_id"))
+        & (s.waiters.c.token == bindparam("ticket_token"))  # still queued: not reaped meanwhile
+    )
+    & ~exists().where(s.waiters.c.id < bindparam("ticket_id"))
+)
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
 _DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
 _INSERT_LEASE: Final = insert(s.leases)
@@ -179,7 +185,8 @@ def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecor
     if ticket is None:
         inserted = conn.execute(_FAST_FRESH, params).rowcount
     else:
-        inserted = conn.execute(_FAST_HEAD, {**params, "ticket_id": ticket}).rowcount
+        head = {**params, "ticket_id": ticket, "ticket_token": request.ticket_token}
+        inserted = conn.execute(_FAST_HEAD, head).rowcount
     if not inserted:
         return None
     lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
@@ -227,7 +234,7 @@ def _decide_now(
 ) -> tuple[int | None, bool, tuple[Verdict | None, list[Verdict], str]]:
     """Read the snapshot for the request and decide; returns (ticket, requeued, decision)."""
     ticket, requeued = request.ticket, False
-    if ticket is not None and not ticket_exists(conn, ticket):
+    if ticket is not None and not ticket_exists(conn, ticket, request.ticket_token):
         ticket, requeued = None, True  # our ticket was reaped while we were stalled
     return ticket, requeued, _decide(request, rows, snapshot(conn, rows, ticket), ticket)
 

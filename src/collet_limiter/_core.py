@@ -318,19 +318,21 @@ class Core:
             wake = _store.wake_targets(conn)
         notify(wake)
 
-    def renew(self, conn: Connection, lease_ids: Collection[int]) -> tuple[float, set[int]]:
-        """Renew this instance's leases and tickets; returns (new expiry, ids found lost)."""
+    def renew(self, conn: Connection, tokens: Collection[str]) -> tuple[float, set[str]]:
+        """Renew this instance's leases and tickets; returns (new expiry, tokens found lost)."""
         now = self.clock()
         with write_transaction(conn):
-            lost = _store.renew(conn, self.owner, now, self.ttl, lease_ids)
-        for lease_id in sorted(lost):
-            log.warning(
-                "lease %d was lost: it expired and was reclaimed (its holder stalled longer than "
-                "the lease TTL of %ss)",
-                lease_id,
-                self.ttl,
-            )
+            lost = _store.renew(conn, self.owner, now, self.ttl, tokens)
         return now + self.ttl, lost
+
+    def log_lost(self, lease: object) -> None:
+        """Say that a lease was found reclaimed from under its holder."""
+        log.warning(
+            "%r was lost: it expired and was reclaimed (its holder stalled longer than the lease "
+            "TTL of %ss)",
+            lease,
+            self.ttl,
+        )
 
     def reap(self, conn: Connection) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders."""

@@ -130,7 +130,7 @@ class Limiter:
         self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
-        self._leases: dict[int, Lease] = {}
+        self._leases: dict[str, Lease] = {}  # by token, the proof of ownership
         self._waiters: dict[str, _Waiter] = {}
         self._heartbeat: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -239,7 +239,7 @@ class Limiter:
             self._leases = {}
             for lease, record in zip(held, records, strict=True):
                 lease._record, lease.expires_ts = record, record.expires_ts  # noqa: SLF001
-                self._leases[record.id] = lease
+                self._leases[record.token] = lease
         self._interrupt()  # the watcher reconnects to the new file
 
     def close(self) -> None:
@@ -495,7 +495,7 @@ class Limiter:
         with self._lock:
             closed = self._closed
             if not closed:
-                self._leases[lease.id] = lease
+                self._leases[lease.token] = lease
                 self._ensure_thread("_heartbeat", self._beat, "heartbeat")
         if closed:
             lease.release()
@@ -504,7 +504,7 @@ class Limiter:
 
     def _release(self, lease: Lease) -> None:
         with self._lock:
-            self._leases.pop(lease.id, None)
+            self._leases.pop(lease.token, None)
         released = self._write(lambda conn: self._core.release(conn, lease.id, lease.token))
         if not released:
             lease._mark_lost()  # noqa: SLF001
@@ -539,14 +539,15 @@ class Limiter:
         """
         with self._lock:
             held = dict(self._leases)
-        expires, lost_ids = self._write(lambda conn: self._core.renew(conn, held.keys()))
+        expires, lost_tokens = self._write(lambda conn: self._core.renew(conn, held.keys()))
         lost = []
         with self._lock:
-            for lease_id, lease in held.items():
-                if lease_id in lost_ids:
+            for token, lease in held.items():
+                if token in lost_tokens:
                     lease._mark_lost()  # noqa: SLF001
-                    self._leases.pop(lease_id, None)
+                    self._leases.pop(token, None)
                     lost.append(lease)
+                    self._core.log_lost(lease)
                 else:
                     lease.expires_ts = expires
         return lost

@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 # The Alembic revision this code writes and reads. A test checks it is the scripts' head, so
 # opening an up-to-date database needs one SELECT and no Alembic import.
-SCHEMA_REVISION: Final = "0002_wake_addresses"
+SCHEMA_REVISION: Final = "0003_ids_never_reused"
 
 metadata = MetaData()
 
@@ -62,6 +62,7 @@ leases = Table(
     Column("expires_ts", Float, nullable=False),
     Index("ix_leases_model", "provider", "model"),
     Index("ix_leases_owner", "owner"),
+    sqlite_autoincrement=True,  # ids are never reused (a released id could be mistaken)
 )
 
 waiters = Table(
@@ -87,6 +88,7 @@ waiters = Table(
     Column("wake_addr", String, nullable=True),
     Index("ix_waiters_model", "provider", "model"),
     Index("ix_waiters_owner", "owner"),
+    sqlite_autoincrement=True,  # a ticket id is a place in the queue: never handed out twice
 )
 
 meta = Table(

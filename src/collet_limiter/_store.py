@@ -49,7 +49,9 @@ _WAITING: Final = select(s.waiters.c.provider, s.waiters.c.model, func.count()).
     s.waiters.c.provider, s.waiters.c.model
 )
 _AHEAD: Final = _WAITING.where(s.waiters.c.id < bindparam("ticket_id"))
-_TICKET_EXISTS: Final = select(func.count()).where(s.waiters.c.id == bindparam("ticket_id"))
+_TICKET_EXISTS: Final = select(func.count()).where(
+    (s.waiters.c.id == bindparam("ticket_id")) & (s.waiters.c.token == bindparam("ticket_token"))
+)
 _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
 _INSERT_TICKET: Final = insert(s.waiters)
@@ -85,7 +87,9 @@ def _renew(table: Table) -> Update:
 
 _RENEW_LEASES: Final = _renew(s.leases)
 _RENEW_TICKETS: Final = _renew(s.waiters)
-_OWNED_LEASE_IDS: Final = select(s.leases.c.id).where(s.leases.c.owner == bindparam("renew_owner"))
+_OWNED_LEASE_TOKENS: Final = select(s.leases.c.token).where(
+    s.leases.c.owner == bindparam("renew_owner")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +312,10 @@ def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | Non
     )
 
 
-def ticket_exists(conn: Connection, ticket: int) -> bool:
+def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
     """Whether a ticket is still queued (reaping removes the tickets of stalled waiters)."""
-    return bool(conn.execute(_TICKET_EXISTS, {"ticket_id": ticket}).scalar())
+    params = {"ticket_id": ticket, "ticket_token": token}
+    return bool(conn.execute(_TICKET_EXISTS, params).scalar())
 
 
 _WAITERS: Final = select(
@@ -436,12 +441,13 @@ def release_owner(conn: Connection, owner: str) -> tuple[int, int]:
 
 
 def renew(
-    conn: Connection, owner: str, now: float, ttl: float, lease_ids: Collection[int]
-) -> set[int]:
+    conn: Connection, owner: str, now: float, ttl: float, lease_tokens: Collection[str]
+) -> set[str]:
     """Extend every lease and ticket of ``owner`` by ``ttl``, one statement per table.
 
-    ``lease_ids`` are the leases the caller believes it holds; the ones no longer stored (reaped
-    after expiring) are returned so the caller can mark them lost. Needs a write transaction.
+    ``lease_tokens`` are the leases the caller believes it holds; the ones no longer stored
+    (reaped after expiring) are returned so the caller can mark them lost. Tokens, not ids:
+    they are what proves a row is this lease. Needs a write transaction.
     """
     params = {
         "renew_owner": owner,
@@ -449,12 +455,12 @@ def renew(
         "new_expires_at": utc_text(now + ttl),
     }
     conn.execute(_RENEW_TICKETS, params)
-    if not lease_ids:
+    if not lease_tokens:
         return set()
-    if conn.execute(_RENEW_LEASES, params).rowcount >= len(lease_ids):
+    if conn.execute(_RENEW_LEASES, params).rowcount >= len(lease_tokens):
         return set()
-    present = conn.execute(_OWNED_LEASE_IDS, {"renew_owner": owner}).scalars()
-    return set(lease_ids) - set(present)
+    present = conn.execute(_OWNED_LEASE_TOKENS, {"renew_owner": owner}).scalars()
+    return set(lease_tokens) - set(present)
 
 
 def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> LeaseRecord:
