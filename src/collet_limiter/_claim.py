@@ -39,6 +39,7 @@ from ._store import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from sqlalchemy import Insert
     from sqlalchemy.engine import Connection
 
     from ._fallback import ModelRow
@@ -113,7 +114,7 @@ def _room_for(provider: str, model: str) -> Any:
     return and_(held < limit, total < cap)  # a missing models row makes this NULL: no
 
 
-def _conditional_insert(nobody_ahead: Any) -> Any:
+def _conditional_insert(nobody_ahead: Any) -> Insert:
     values: Any = select(*(bindparam(f"v_{name}") for name in _LEASE_COLUMNS)).where(
         _room_for("v_provider", "v_model"), nobody_ahead
     )
@@ -122,14 +123,16 @@ def _conditional_insert(nobody_ahead: Any) -> Any:
 
 # A fresh request when nobody waits, and the waiter at the head of the whole queue: each is
 # exactly the fairness rule with no waiters ahead, so the condition is all a claim needs.
-_FAST_FRESH: Final = _conditional_insert(~exists().where(s.waiters.c.id.is_not(None)))
-_FAST_HEAD: Final = _conditional_insert(
+_FAST_FRESH: Final[Insert] = _conditional_insert(~exists().where(s.waiters.c.id.is_not(None)))
+_FAST_HEAD: Final[Insert] = _conditional_insert(
     exists().where(
         (s.waiters.c.id == bindparam("ticket_id"))
         & (s.waiters.c.token == bindparam("ticket_token"))  # still queued: not reaped meanwhile
     )
     & ~exists().where(s.waiters.c.id < bindparam("ticket_id"))
 )
+_FAST_FRESH_RETURNING: Final = _FAST_FRESH.returning(s.leases.c.id)
+_FAST_HEAD_RETURNING: Final = _FAST_HEAD.returning(s.leases.c.id)
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
 _DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
 _INSERT_LEASE: Final = insert(s.leases)
@@ -181,15 +184,19 @@ def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecor
     ticket = request.ticket
     via: Via = "primary" if ticket is None else "queue"
     values = _lease_values(request, request.primary, via, now)
-    params = {f"v_{name}": value for name, value in values.items()}
-    if ticket is None:
-        inserted = conn.execute(_FAST_FRESH, params).rowcount
+    params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
+    statement, returning = _FAST_FRESH, _FAST_FRESH_RETURNING
+    if ticket is not None:
+        params |= {"ticket_id": ticket, "ticket_token": request.ticket_token}
+        statement, returning = _FAST_HEAD, _FAST_HEAD_RETURNING
+    if conn.dialect.insert_returning:  # SQLite >= 3.35, PostgreSQL: the id in the same statement
+        lease_id = conn.execute(returning, params).scalar()
+        if lease_id is None:
+            return None
     else:
-        head = {**params, "ticket_id": ticket, "ticket_token": request.ticket_token}
-        inserted = conn.execute(_FAST_HEAD, head).rowcount
-    if not inserted:
-        return None
-    lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
+        if not conn.execute(statement, params).rowcount:
+            return None
+        lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
     if ticket is not None:
         conn.execute(_DELETE_TICKET, {"ticket_id": ticket})
     return _record(values, lease_id)

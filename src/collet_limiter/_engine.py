@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-# Execution option marking a connection whose next transaction will write.
-WRITE_OPTION: Final = "collet_limiter_write"
+# Key in a connection's ``info`` marking that its next transaction will write (a plain dict
+# entry: execution options would cost more than the statement on this hot path).
+WRITE_FLAG: Final = "collet_limiter_write"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +96,7 @@ def _on_connect(busy_timeout_ms: int) -> Any:
 
 
 def _on_begin(conn: Connection) -> None:
-    write = conn.get_execution_options().get(WRITE_OPTION, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(WRITE_FLAG) else "BEGIN")
 
 
 def create_sqlite_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
@@ -142,12 +142,12 @@ def create_aiosqlite_engine(target: Target, *, busy_timeout_ms: int, pool_size: 
 @contextlib.contextmanager
 def write_transaction(conn: Connection) -> Iterator[Connection]:
     """A transaction on ``conn`` that takes the write lock up front (``BEGIN IMMEDIATE``)."""
-    conn.execution_options(**{WRITE_OPTION: True})
+    conn.info[WRITE_FLAG] = True
     try:
         with conn.begin():
             yield conn
     finally:
-        conn.execution_options(**{WRITE_OPTION: False})
+        conn.info[WRITE_FLAG] = False
 
 
 @contextlib.contextmanager

@@ -39,6 +39,8 @@ _LIVE: weakref.WeakSet[Limiter] = weakref.WeakSet()
 # A waiting thread claims on its own at least this often, in case its watcher is wedged: the
 # watcher normally wakes it the moment its turn comes, so this only bounds a bug's damage.
 SAFETY_CLAIM_SECS: Final = 30.0
+# Connections a Limiter keeps for reuse (more are opened while more threads run transactions).
+SPARE_CONNECTIONS: Final = 4
 # How often a watcher sweeps for expired leases and dead holders when it watches every holder
 # on this host through pidfds: deaths then wake it at once and expiries have their own timer,
 # so the sweep only guards against what it cannot observe (another host's clock, a clock step).
@@ -132,6 +134,7 @@ class Limiter:
         self._closed = False
         self._leases: dict[str, Lease] = {}  # by token, the proof of ownership
         self._waiters: dict[str, _Waiter] = {}
+        self._spare: list[Connection] = []
         self._heartbeat: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         core.prepare_file()
@@ -168,6 +171,10 @@ class Limiter:
         # descriptors are dropped: the writer lock especially, since flock() locks belong to the
         # open file, which a child shares with its parent.
         self._engine.dispose(close=False)
+        # The parent's connections are kept, never closed nor used: SQLite forbids carrying a
+        # connection across fork(), and closing one here could disturb the parent's.
+        self._orphans = self._spare
+        self._spare = []
         for fd in (self._interrupt_r, self._interrupt_w):
             os.close(fd)
         self._wake.close()
@@ -195,12 +202,35 @@ class Limiter:
 
     @contextlib.contextmanager
     def _connection(self, engine: Engine | None = None) -> Iterator[Connection]:
-        """A pooled connection, with driver errors translated."""
-        with (
-            translate_driver_errors(self._core.display),
-            (engine or self._check()).connect() as conn,
-        ):
-            yield conn
+        """A connection kept checked out for reuse, with driver errors translated.
+
+        The pool's checkout and checkin (events, bookkeeping) cost more than a write statement,
+        so the Limiter keeps a few connections of its own: taking one is a list pop. One that
+        saw an error is closed rather than reused.
+        """
+        engine = engine or self._check()
+        with translate_driver_errors(self._core.display):
+            try:
+                conn = self._spare.pop()
+            except IndexError:
+                conn = engine.connect()
+            if conn.engine is not engine:  # the engine was replaced (file moved, fork)
+                conn.close()
+                conn = engine.connect()
+            try:
+                yield conn
+            except BaseException:
+                conn.close()
+                raise
+            if len(self._spare) < SPARE_CONNECTIONS and not self._closed:
+                self._spare.append(conn)
+            else:
+                conn.close()
+
+    def _close_spares(self) -> None:
+        while self._spare:
+            with contextlib.suppress(Exception):
+                self._spare.pop().close()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -226,6 +256,7 @@ class Limiter:
         with self._lock, translate_driver_errors(core.display):
             if not core.file_replaced():
                 return  # another thread moved first
+            self._close_spares()
             self._engine.dispose()
             self._engine = create_sqlite_engine(core.target, busy_timeout_ms=core.busy_timeout_ms)
             core.prepare_file()
@@ -264,6 +295,7 @@ class Limiter:
             for lease in list(self._leases.values()):
                 lease._released = True  # noqa: SLF001
             self._leases.clear()
+            self._close_spares()
             self._engine.dispose()
             self._wake.close()
             self._pids.close()
