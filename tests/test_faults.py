@@ -573,11 +573,11 @@ def test_a_stalled_writer_does_not_make_acquire_outlive_its_timeout(
             [sys.executable, "-c", code, str(db), str(config)],
             capture_output=True,
             text=True,
-            timeout=20,
+            timeout=10,  # start-up, then 1 s of timeout or 0.5 s of busy timeout: ample
             check=False,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail("acquire(timeout=1) still waiting after 20 s behind a stalled writer")
+        pytest.fail("acquire(timeout=1) still waiting after 10 s behind a stalled writer")
     assert result.stdout.split()[0] in ("AcquireTimeout", "DatabaseBusyError"), result
 
 
