@@ -276,6 +276,7 @@ class Worker:
     process: subprocess.Popen[bytes]
     events: Path
     stopped_until: float | None = None
+    stopped_ns: int = 0
     protected_until: float = 0.0  # no SIGKILL until then: it must be able to learn it was lost
     killed_at: int | None = None
 
@@ -302,6 +303,10 @@ class Figures:
     max_reclaim_ms: float = 0.0
     median_reclaim_ms: float = 0.0
     max_recovery_ms: float = 0.0
+    p99_reclaim_ms: float = 0.0
+    slow_reclaims: int = 0  # reclaims slower than 0.5 s
+    slow_reclaims_during_a_stop: int = 0  # ... while some other worker was stopped
+    lost_while_stopped: int = 0  # lost leases whose own holder was stopped during the hold
     lost: int = 0
     lost_overlaps: int = 0
     violations: int = 0
@@ -337,6 +342,7 @@ class Soak:
         # (pid, kill ns, model keys it held): watched until its leases are gone.
         self.pending: list[tuple[int, int, list[str]]] = []
         self.reclaims: list[tuple[int, int, list[str]]] = []  # (kill ns, reclaimed ns, keys)
+        self.stop_windows: list[tuple[str, int, int]] = []  # (worker, SIGSTOP ns, SIGCONT ns)
         self.lock = threading.Lock()
 
     def start_worker(self, slot: int, incarnation: int) -> Worker:
@@ -433,6 +439,7 @@ class Soak:
         ttl = self.args.ttl
         # A long stop outlives the lease; every stop stays well inside the busy timeout (10 s).
         seconds = self.rng.uniform(ttl * 1.2, ttl * 1.8) if long else self.rng.uniform(0.05, 1.0)
+        worker.stopped_ns = time.monotonic_ns()
         worker.process.send_signal(signal.SIGSTOP)
         worker.stopped_until = time.monotonic() + seconds
         self.figures.stops += 1
@@ -444,6 +451,9 @@ class Soak:
             due = worker.stopped_until
             if due is not None and (everyone or now >= due):
                 worker.process.send_signal(signal.SIGCONT)
+                self.stop_windows.append(
+                    (f"{worker.slot}.{worker.incarnation}", worker.stopped_ns, time.monotonic_ns())
+                )
                 worker.stopped_until = None
                 worker.protected_until = now + self.args.ttl + 2.0
 
@@ -514,6 +524,19 @@ class Soak:
         if reclaim_ms:
             f.max_reclaim_ms = round(reclaim_ms[-1], 1)
             f.median_reclaim_ms = round(reclaim_ms[len(reclaim_ms) // 2], 1)
+            f.p99_reclaim_ms = round(reclaim_ms[int(len(reclaim_ms) * 0.99)], 1)
+        for killed, done, _ in self.reclaims:
+            if done - killed > 500_000_000:
+                f.slow_reclaims += 1
+                f.slow_reclaims_during_a_stop += any(
+                    start < done and end > killed for _, start, end in self.stop_windows
+                )
+        for hold in intervals:
+            if hold.lost and hold.end is not None:
+                f.lost_while_stopped += any(
+                    who == hold.worker and start < hold.end and end > hold.start
+                    for who, start, end in self.stop_windows
+                )
         starts = sorted((h.start, h.key) for h in intervals)
         recovery = []
         for _killed, done, keys in self.reclaims:
@@ -558,11 +581,13 @@ def print_report(f: Figures) -> None:
     print(
         f"recoveries:  {f.recoveries} of {f.holder_kills} killed holders' leases reclaimed "
         f"({f.unrecovered} not yet needed at the end); reclaim median {f.median_reclaim_ms} ms, "
-        f"max {f.max_reclaim_ms} ms"
+        f"p99 {f.p99_reclaim_ms} ms, max {f.max_reclaim_ms} ms; {f.slow_reclaims} took over "
+        f"0.5 s, {f.slow_reclaims_during_a_stop} of them while a worker was stopped"
     )
     print(f"max recovery latency: {f.max_recovery_ms} ms (SIGKILL to the model's next grant)")
     print(
-        f"lost:        {f.lost} leases reclaimed from stalled holders, each reported by lease.lost"
+        f"lost:        {f.lost} leases reclaimed from stalled holders, each reported by "
+        f"lease.lost ({f.lost_while_stopped} of them were stopped themselves during the hold)"
     )
     print(f"             {f.lost_overlaps} grants overlapped a lost lease's holder")
     print(f"violations:  {f.violations}  (peaks {f.peak}, total {f.peak_total})")
