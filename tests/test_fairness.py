@@ -72,6 +72,4 @@ def test_admissible_wakes_exactly_the_waiters_a_claim_would_grant() -> None:
     assert admissible(QUEUE, limits, {A: 2}, cap=3) == [2]  # A is full: B's waiter goes first
     for ticket in admissible(QUEUE, limits, {A: 1}, cap=3):
         counts = ahead_of_each(QUEUE, [ticket])[ticket]
-        assert Snapshot(limits=limits, held={A: 1}, ahead=counts, cap=3).admits(
-            dict((t, k) for t, k in QUEUE)[ticket]
-        )
+        assert Snapshot(limits=limits, held={A: 1}, ahead=counts, cap=3).admits(dict(QUEUE)[ticket])

@@ -30,6 +30,7 @@ from ._errors import (
     AsyncContextError,
     ConfigError,
     LimiterClosedError,
+    StorageError,
     translate_driver_errors,
 )
 from ._lease import BaseLease
@@ -69,9 +70,17 @@ class AsyncLease(BaseLease):
         self._limiter = limiter
 
     async def release(self) -> None:
-        """Give the slot back. Idempotent; a no-op for a lost lease."""
+        """Give the slot back. Idempotent; a no-op for a lost lease.
+
+        If the database refuses (``StorageError``), the lease stays held and renewed, and
+        ``release()`` can be awaited again.
+        """
         if self._begin_release():
-            await self._limiter._release(self)  # noqa: SLF001 - the lease's own limiter
+            try:
+                await self._limiter._release(self)  # noqa: SLF001 - the lease's own limiter
+            except BaseException:
+                self._released = False
+                raise
 
     async def __aenter__(self) -> AsyncLease:
         return self
@@ -286,8 +295,10 @@ class AsyncLimiter:
         async with self._write_lock:
             writer = self._writer
             assert writer is not None
-            delay = 0.0001
+            delay, deadline = 0.0001, monotonic() + self._core.busy_timeout_ms / 1000
             while not writer.try_acquire():
+                if monotonic() >= deadline:
+                    raise self._core.writer_busy()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.002)
             try:
@@ -317,9 +328,7 @@ class AsyncLimiter:
         engine = self._engine
         if engine is not None and self._core.pid == os.getpid():
             try:
-                with translate_driver_errors(self._core.display):
-                    async with self._turn_to_write(), engine.connect() as conn:
-                        await conn.run_sync(self._core.release_owner)
+                await self._give_back(engine)
             finally:
                 for lease in self._leases.values():
                     lease._released = True  # noqa: SLF001
@@ -329,6 +338,27 @@ class AsyncLimiter:
                     self._writer.close()
         self._wake.close()
         self._pids.close()
+
+    async def _give_back(self, engine: AsyncEngine) -> None:
+        """At close: delete this limiter's rows from the database its path now names."""
+        core = self._core
+        replaced = core.file_replaced()
+        if replaced and (core.target.path is None or not core.target.path.exists()):
+            return  # deleted, and our rows with it: never recreate a database just to close
+        if replaced:  # our rows went with the old file, except any a reopen carried over
+            engine = create_aiosqlite_engine(
+                core.target, busy_timeout_ms=core.busy_timeout_ms, pool_size=1
+            )
+        try:
+            with (
+                contextlib.suppress(*((StorageError,) if replaced else ())),
+                translate_driver_errors(core.display),
+            ):
+                async with self._turn_to_write(), engine.connect() as conn:
+                    await conn.run_sync(core.release_owner)
+        finally:
+            if replaced:
+                await engine.dispose()
 
     async def __aenter__(self) -> AsyncLimiter:
         return await self.open()
@@ -524,8 +554,9 @@ class AsyncLimiter:
         return lease
 
     async def _release(self, lease: AsyncLease) -> None:
+        released = await self._run(self._core.release, lease.id, lease.token, write=True)
         self._leases.pop(lease.token, None)
-        if not await self._run(self._core.release, lease.id, lease.token, write=True):
+        if not released:
             lease._mark_lost()  # noqa: SLF001
             log.warning("%r was reclaimed before its release (it had expired)", lease)
 
@@ -650,6 +681,8 @@ class AsyncLimiter:
         expires, lost_tokens = await self._run(self._core.renew, list(held), write=True)
         lost = []
         for token, lease in held.items():
+            if lease.released:
+                continue  # released cleanly while the renewal waited for its turn
             if token in lost_tokens:
                 lease._mark_lost()  # noqa: SLF001
                 self._leases.pop(token, None)

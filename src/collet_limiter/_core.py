@@ -21,7 +21,7 @@ from . import _claim, _store
 from ._claim import ClaimRequest, ClaimResult
 from ._config import ENV_DB, Config, default_db_path, load_config
 from ._engine import Target, read_transaction, resolve_target, write_transaction
-from ._errors import AcquireTimeout, ConfigError
+from ._errors import AcquireTimeout, ConfigError, DatabaseBusyError
 from ._files import Sharing, is_network_filesystem, prepare_database
 from ._identity import current_holder, new_token
 from ._keys import ModelKey, coerce_chain, coerce_key
@@ -263,6 +263,17 @@ class Core:
         transaction notices it.
         """
         return self.target.path is not None and self._file_id() != self.file_id
+
+    def writer_busy(self) -> DatabaseBusyError:
+        """The error when another process held the writer lock beyond the busy timeout."""
+        lock = f"{self.display}.lock"
+        return DatabaseBusyError(
+            f"database {self.display}: another process held its writer lock ({lock}) for more "
+            f"than the busy timeout of {self.busy_timeout_ms} ms; it may be stopped or stuck "
+            "(check `fuser` on the lock file), or raise [limiter] busy_timeout_ms",
+            path=self.display,
+            reason="writer lock held",
+        )
 
     def readopt(self, conn: Connection, records: Sequence[LeaseRecord]) -> list[LeaseRecord]:
         """Carry this limiter's leases into the new database file (see ``file_replaced``)."""

@@ -14,12 +14,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote
 
-from ._errors import ConfigError, DatabaseUnavailableError, translate_driver_errors
+from ._errors import (
+    ConfigError,
+    DatabaseCorruptError,
+    DatabaseUnavailableError,
+    translate_driver_errors,
+)
 
 log: Final = logging.getLogger("collet_limiter")
 
@@ -136,6 +143,7 @@ def prepare_database(path: Path, *, create_dir: bool, sharing: Sharing) -> None:
                     path=str(path),
                     reason="is a directory",
                 )
+            check_contents(path)
             return
         if not os.access(parent, os.W_OK | os.X_OK):
             raise DatabaseUnavailableError(
@@ -144,6 +152,43 @@ def prepare_database(path: Path, *, create_dir: bool, sharing: Sharing) -> None:
                 reason="directory not writable",
             )
         create_file(path, sharing)
+
+
+SQLITE_HEADER: Final = b"SQLite format 3\x00"
+
+
+def check_contents(path: Path) -> None:
+    """Refuse a file that is not a collet-limiter database, before writing a byte to it.
+
+    Opening would otherwise switch another program's SQLite file to WAL mode and add our tables
+    to it. An empty file is fine (we, or a process starting at the same moment, just created
+    it), and so is a database whose schema transaction has not committed yet: readers see it
+    empty until it does.
+    """
+    with path.open("rb") as file:
+        header = file.read(len(SQLITE_HEADER))
+    if not header:
+        return
+    if header != SQLITE_HEADER:
+        raise DatabaseCorruptError(
+            f"{path} is not a usable collet-limiter database (file is not a database); point "
+            "--db or COLLET_LIMITER_DB at another file, or move this one away",
+            path=str(path),
+            reason="not a SQLite file",
+        )
+    uri = f"file:{quote(str(path))}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    if tables and not {"alembic_version", "leases"} <= tables:
+        foreign = ", ".join(sorted(tables)[:5])
+        raise DatabaseCorruptError(
+            f"{path} is not a usable collet-limiter database: it holds another program's tables "
+            f"({foreign}); choose another --db path (it was left as it was)",
+            path=str(path),
+            reason="another program's database",
+        )
 
 
 def filesystem_type(path: Path) -> str | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from ._core import Core, log, monotonic
 from ._engine import create_sqlite_engine, data_version
-from ._errors import ConfigError, LimiterClosedError, translate_driver_errors
+from ._errors import ConfigError, LimiterClosedError, StorageError, translate_driver_errors
 from ._lease import BaseLease
 from ._results import Acquired, QueueWait
 from ._wake import PidWatch, WakeSocket, WriterLock
@@ -72,9 +72,17 @@ class Lease(BaseLease):
         self._limiter = limiter
 
     def release(self) -> None:
-        """Give the slot back. Idempotent; a no-op for a lost lease or in a forked child."""
+        """Give the slot back. Idempotent; a no-op for a lost lease or in a forked child.
+
+        If the database refuses (``StorageError``), the lease stays held and renewed, and
+        ``release()`` can be called again.
+        """
         if self._begin_release():
-            self._limiter._release(self)  # noqa: SLF001 - the lease's own limiter
+            try:
+                self._limiter._release(self)  # noqa: SLF001 - the lease's own limiter
+            except BaseException:
+                self._released = False
+                raise
 
     def __enter__(self) -> Lease:
         return self
@@ -227,6 +235,22 @@ class Limiter:
             else:
                 conn.close()
 
+    def _give_back(self) -> None:
+        """At close: delete this Limiter's rows from the database its path now names."""
+        core = self._core
+        if not core.file_replaced():
+            self._write(core.release_owner, self._engine)
+            return
+        # The file was deleted or replaced: our rows went with the old one, except any carried
+        # into the new one by a reopen. Never recreate a deleted database just to close.
+        if self._path.exists():
+            engine = create_sqlite_engine(core.target, busy_timeout_ms=core.busy_timeout_ms)
+            try:
+                with contextlib.suppress(StorageError), self._connection(engine) as conn:
+                    core.release_owner(conn)
+            finally:
+                engine.dispose()
+
     def _close_spares(self) -> None:
         while self._spare:
             with contextlib.suppress(Exception):
@@ -236,7 +260,8 @@ class Limiter:
     def _writing(self) -> Iterator[None]:
         """Hold this process's turn to write: the thread lock, then the writer lock."""
         with self._write_lock:
-            self._writer.acquire()
+            if not self._writer.acquire(self._core.busy_timeout_ms / 1000):
+                raise self._core.writer_busy()
             try:
                 yield
             finally:
@@ -290,7 +315,7 @@ class Limiter:
             if thread is not None and thread is not threading.current_thread():
                 thread.join()
         try:
-            self._write(self._core.release_owner, self._engine)
+            self._give_back()
         finally:
             for lease in list(self._leases.values()):
                 lease._released = True  # noqa: SLF001
@@ -535,9 +560,9 @@ class Limiter:
         return lease
 
     def _release(self, lease: Lease) -> None:
+        released = self._write(lambda conn: self._core.release(conn, lease.id, lease.token))
         with self._lock:
             self._leases.pop(lease.token, None)
-        released = self._write(lambda conn: self._core.release(conn, lease.id, lease.token))
         if not released:
             lease._mark_lost()  # noqa: SLF001
             log.warning("%r was reclaimed before its release (it had expired)", lease)
@@ -575,6 +600,8 @@ class Limiter:
         lost = []
         with self._lock:
             for token, lease in held.items():
+                if lease.released:
+                    continue  # released cleanly while the renewal waited for its turn
                 if token in lost_tokens:
                     lease._mark_lost()  # noqa: SLF001
                     self._leases.pop(token, None)

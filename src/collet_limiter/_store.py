@@ -87,6 +87,7 @@ def _renew(table: Table) -> Update:
 
 _RENEW_LEASES: Final = _renew(s.leases)
 _RENEW_TICKETS: Final = _renew(s.waiters)
+_LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
 _OWNED_LEASE_TOKENS: Final = select(s.leases.c.token).where(
     s.leases.c.owner == bindparam("renew_owner")
 )
@@ -466,8 +467,12 @@ def renew(
 def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> LeaseRecord:
     """Insert a lease this process holds into a database that lost it (the file was replaced).
 
-    The lease keeps its token and holder; it gets a new id and a fresh expiry. Write transaction.
+    The lease keeps its token and holder; it gets a new id and a fresh expiry. A lease the new
+    file already holds (it came with an old ``-wal`` file) is kept as it is. Write transaction.
     """
+    stored = conn.execute(_LEASE_ID_BY_TOKEN, {"token": record.token}).scalar()
+    if stored is not None:
+        return replace(record, id=int(stored))
     values = {
         "token": record.token,
         "provider": record.key.provider,
