@@ -115,6 +115,13 @@ def corrupted(db: Path) -> None:
     db.write_bytes(bytes(data))
 
 
+def another_programs_database(db: Path) -> None:
+    """``--db ~/notes.sqlite`` by mistake: it must be refused and left as it was."""
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('keep me')")
+
+
 def a_directory(db: Path) -> None:
     db.mkdir()
 
@@ -207,6 +214,9 @@ CASES = [
     Case("a file that is not a SQLite database", DatabaseCorruptError,
          f"<db> {CORRUPT} (file is not a database); {POINT_ELSEWHERE}",
          _limiter, ["init"], 4, database=not_a_database),
+    Case("a SQLite database of another program", DatabaseCorruptError,
+         "<db> is not a usable collet-limiter database: it holds another program's tables (notes); choose another --db path (it was left as it was)",
+         _limiter, ["init"], 4, database=another_programs_database),
     Case("a database from a newer schema", SchemaVersionError,
          "database <db> has schema revision '0099_future', written by a newer collet-limiter "
          f"(this one knows up to '{SCHEMA_REVISION}'); upgrade collet-limiter or use another database",
@@ -307,28 +317,6 @@ def test_the_documentation_lists_every_message_of_the_catalogue() -> None:
     for case in CASES:
         shown = case.message.replace(f"'{SCHEMA_REVISION}'", "'<revision>'")
         assert shown in doc, f"docs/reliability.md does not list: {shown}"
-
-
-# --- a foreign SQLite database ---------------------------------------------------------------
-
-
-def test_a_sqlite_database_of_another_program_is_refused_and_left_as_it_was(
-    tmp_path: Path,
-) -> None:
-    """``--db ~/notes.sqlite`` by mistake must not add our tables to it or switch it to WAL.
-
-    Fails until fixed: the limiter migrates any SQLite file that lacks its schema, so another
-    program's database gets five tables and WAL mode. (``collet-limiter doctor`` already reads
-    such a file only read-only; the README's exit status 4 says "not a collet-limiter database".)
-    """
-    db = tmp_path / "notes.sqlite"
-    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute("CREATE TABLE notes (body TEXT)")
-        conn.execute("INSERT INTO notes VALUES ('keep me')")
-    before = digest(db)
-    with pytest.raises(DatabaseCorruptError, match="not a usable collet-limiter database"):
-        Limiter(db).close()
-    assert digest(db) == before
 
 
 # --- the network filesystem warning ----------------------------------------------------------
