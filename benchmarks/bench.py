@@ -118,8 +118,7 @@ def handoff_worker(slot: Any) -> None:
 
 
 def idle_worker(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    """Block ``threads`` waiters in acquire until killed."""
-    print("ready", flush=True)
+    """Block ``threads`` waiters in acquire until killed; say "ready" once they all wait."""
     if args.mech == "collet-limiter (async)":
         import asyncio
 
@@ -131,9 +130,14 @@ def idle_worker(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
         async def main() -> None:
             async with AsyncLimiter(params["db"], config=config) as limiter:
-                await asyncio.gather(
-                    *(limiter.acquire_wait("bench/m") for _ in range(args.threads))
-                )
+                tasks = [
+                    asyncio.ensure_future(limiter.acquire_wait("bench/m"))
+                    for _ in range(args.threads)
+                ]
+                while len(await limiter.waiters()) < args.threads * args.processes:
+                    await asyncio.sleep(0.05)
+                print("ready", flush=True)
+                await asyncio.gather(*tasks)
 
         asyncio.run(main())
         return
@@ -145,6 +149,12 @@ def idle_worker(args: argparse.Namespace, params: dict[str, Any]) -> None:
     threads = [threading.Thread(target=slot.acquire, daemon=True) for slot in slots]
     for thread in threads:
         thread.start()
+    if args.mech == "collet-limiter (sync)":
+        while len(shared.limiter.waiters()) < args.threads * args.processes:
+            time.sleep(0.05)
+    else:
+        time.sleep(1.0)  # the peers keep no queue to look at: give the threads time to block
+    print("ready", flush=True)
     for thread in threads:
         thread.join()
 
@@ -221,12 +231,15 @@ class Runner:
             send(child, "acquire")
             read(child)
         waiters = [
-            self.spawn(mech, params, "idle", "--threads", str(threads)) for _ in range(processes)
+            self.spawn(
+                mech, params, "idle", "--threads", str(threads), "--processes", str(processes)
+            )
+            for _ in range(processes)
         ]
         try:
             for child in waiters:
-                read(child)
-            time.sleep(1.0 + 0.01 * processes * threads)  # let them all settle into waiting
+                read(child)  # every waiter of every process is queued (start-up CPU is over)
+            time.sleep(1.0)
             before = sum(cpu_seconds(child.pid) for child in waiters)
             time.sleep(seconds)
             after = sum(cpu_seconds(child.pid) for child in waiters)
@@ -385,6 +398,7 @@ def main() -> None:
     parser.add_argument("--events")
     parser.add_argument("--go")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
     if args.worker:
         args.role = args.worker

@@ -114,7 +114,7 @@ class LimiterSettings(BaseModel):
 
     db: str | None = None
     lease_ttl_secs: Annotated[float, Field(gt=0)] = DEFAULT_LEASE_TTL_SECS
-    poll_interval_ms: Annotated[float, Field(gt=0)] = 50.0
+    poll_interval_ms: Annotated[float, Field(gt=0)] = 200.0
     max_poll_interval_ms: Annotated[float, Field(gt=0)] = 1000.0
     busy_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
     group: Annotated[str, Field(min_length=1)] | None = None  # share the files with this group
