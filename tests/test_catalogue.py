@@ -64,6 +64,7 @@ class Case:
     files: dict[str, str | bytes] = field(default_factory=dict)  # <config>'s or <agent>'s text
     env: dict[str, str] = field(default_factory=dict)
     database: Callable[[Path], None] | None = None  # makes <db> before the call
+    cleanup: Callable[[Path], None] | None = None  # undoes what ``database`` did to <db>
 
 
 def _config(paths: dict[str, Path]) -> object:
@@ -120,6 +121,23 @@ def another_programs_database(db: Path) -> None:
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("CREATE TABLE notes (body TEXT)")
         conn.execute("INSERT INTO notes VALUES ('keep me')")
+
+
+def unwritable_directory(db: Path) -> None:
+    """The database's directory cannot be written: immutable for root (root ignores modes)."""
+    db.parent.mkdir()
+    if os.geteuid() != 0:
+        db.parent.chmod(0o500)
+    elif subprocess.run(
+        ["chattr", "+i", str(db.parent)], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("chattr +i is not supported here")
+
+
+def writable_again(db: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(db.parent)], check=True)
+    db.parent.chmod(0o700)
 
 
 def a_directory(db: Path) -> None:
@@ -205,6 +223,9 @@ CASES = [
     Case("database in a missing directory", DatabaseUnavailableError,
          "cannot create database <dir>/missing/limiter.db: directory <dir>/missing does not exist; create it or choose another --db path",
          lambda p: Limiter(p["dir"] / "missing" / "limiter.db"), ["--db", "<dir>/missing/limiter.db", "init"], 4),
+    Case("database in a directory that cannot be written", DatabaseUnavailableError,
+         "cannot create database <db>: directory <dir>/locked is not writable",
+         _limiter, ["init"], 4, database=unwritable_directory, cleanup=writable_again),
     Case("database path that is a directory", DatabaseUnavailableError,
          "cannot use database <db>: it is a directory",
          _limiter, ["init"], 4, database=a_directory),
@@ -229,7 +250,11 @@ CASES = [
 
 def materialise(case: Case, tmp: Path) -> dict[str, Path]:
     paths = {"dir": tmp, "config": tmp / "config.toml", "agent": tmp / "agent.md"}
-    paths["db"] = tmp / "open" / "limiter.db" if "world" in case.name else tmp / "limiter.db"
+    paths["db"] = tmp / "limiter.db"
+    if "world" in case.name:
+        paths["db"] = tmp / "open" / "limiter.db"
+    elif "cannot be written" in case.name:
+        paths["db"] = tmp / "locked" / "limiter.db"
     for name, text in case.files.items():
         target = paths[name]
         target.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -252,8 +277,12 @@ def digest(path: Path) -> str | None:
 def test_each_bad_input_raises_its_error_with_its_exact_message(case: Case, tmp_path: Path) -> None:
     paths = materialise(case, tmp_path)
     before = digest(paths["db"])
-    with pytest.raises(case.error) as caught:
-        case.call(paths)
+    try:
+        with pytest.raises(case.error) as caught:
+            case.call(paths)
+    finally:
+        if case.cleanup is not None:
+            case.cleanup(paths["db"])
     assert str(caught.value) == render(case.message, paths)
     assert type(caught.value) is case.error
     if before is not None:
@@ -265,6 +294,7 @@ def test_the_command_line_meets_each_bad_input_with_one_line_and_its_status(
 ) -> None:
     """All cases in one child process (each through ``collet_limiter.cli.main``), for speed."""
     runs = []
+    cleanups = []
     for index, case in enumerate(case for case in CASES if case.cli is not None):
         tmp = tmp_path / str(index)
         tmp.mkdir()
@@ -275,6 +305,8 @@ def test_the_command_line_meets_each_bad_input_with_one_line_and_its_status(
         if case.files.get("config") is not None or case.name == "config file missing":
             argv = ["--config", str(paths["config"]), *argv]
         runs.append({"name": case.name, "argv": argv, "env": case.env, "status": case.status})
+        if case.cleanup is not None:
+            cleanups.append((case.cleanup, paths["db"]))
     code = textwrap.dedent(
         """
         import contextlib, io, json, os, sys
@@ -295,15 +327,19 @@ def test_the_command_line_meets_each_bad_input_with_one_line_and_its_status(
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLET_")}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        input=json.dumps(runs),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps(runs),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+    finally:
+        for cleanup, db in cleanups:
+            cleanup(db)
     assert result.returncode == 0, result.stderr
     for run, outcome in zip(runs, json.loads(result.stdout), strict=True):
         lines = outcome["stderr"].splitlines()
