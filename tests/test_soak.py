@@ -122,6 +122,7 @@ def test_a_short_soak_keeps_every_limit_and_recovers_every_slot(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_two_minute_soak_with_twenty_four_processes(tmp_path: Path) -> None:
     figures = run_soak(tmp_path, seconds=120, processes=24)
     check(figures)

@@ -438,6 +438,8 @@ def machine(workdir: Path) -> type[LimiterMachine]:
     )
 
 
+# pytest-timeout's 300 s is for the default profiles; HYPOTHESIS_PROFILE=long runs for longer.
+@pytest.mark.timeout(3600)
 def test_the_limiter_agrees_with_the_reference_model_step_by_step(tmp_path: Path) -> None:
     run_state_machine_as_test(
         machine(tmp_path),
@@ -454,6 +456,7 @@ def test_the_limiter_agrees_with_the_reference_model_step_by_step(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_the_limiter_agrees_with_the_reference_model_over_long_runs(tmp_path: Path) -> None:
     run_state_machine_as_test(
         machine(tmp_path),
