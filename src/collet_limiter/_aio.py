@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import math
 import os
+import select
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import Core, log, monotonic
@@ -658,6 +659,8 @@ class AsyncLimiter:
 
     def _on_death(self) -> None:
         # A pidfd stays readable once its process exited: stop listening until the next look.
+        readable, _, _ = select.select(self._pids.fds(), [], [], 0)
+        self._pids.exited(readable)
         self._drop_pid_readers()
         self._sweep_now = True
         self._poke.set()

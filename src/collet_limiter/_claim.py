@@ -95,41 +95,54 @@ _LEASE_COLUMNS: Final = (
 )  # fmt: skip
 
 
-def _room_for(provider: str, model: str) -> Any:
-    """SQL: the model and the global cap both have a free slot (ignoring waiters)."""
-    on_leases = (s.leases.c.provider == bindparam(provider)) & (
-        s.leases.c.model == bindparam(model)
+def _count(table: Any, *where: Any) -> Any:
+    return select(func.count()).select_from(table).where(*where).scalar_subquery()
+
+
+def _room_ahead_of(ticket: Any) -> Any:
+    """SQL: room for the request even if every waiter queued before it were served first.
+
+    ``ticket`` bounds the waiters ahead (all of them for a fresh request). Counting every
+    waiter ahead against the global cap, rather than only those whose model has room, is
+    stricter than the fairness rule, so whatever this admits the rule admits too; what it
+    refuses goes on to the general path, which applies the rule exactly.
+    """
+    provider: Any = bindparam("v_provider")
+    model: Any = bindparam("v_model")
+    lease_on = (s.leases.c.provider == provider) & (s.leases.c.model == model)
+    ahead = s.waiters.c.id < ticket
+    ahead_on = ahead & (s.waiters.c.provider == provider) & (s.waiters.c.model == model)
+    limit = (
+        select(s.models.c.concurrency_limit)
+        .where((s.models.c.provider == provider) & (s.models.c.model == model))
+        .scalar_subquery()
     )
-    on_models = (s.models.c.provider == bindparam(provider)) & (
-        s.models.c.model == bindparam(model)
-    )
-    held = select(func.count()).select_from(s.leases).where(on_leases).scalar_subquery()
-    limit = select(s.models.c.concurrency_limit).where(on_models).scalar_subquery()
-    total = select(func.count()).select_from(s.leases).scalar_subquery()
     cap = (
         select(cast(s.meta.c.value, Integer))
         .where(s.meta.c.key == s.META_MAX_AGENTS)
         .scalar_subquery()
     )
-    return and_(held < limit, total < cap)  # a missing models row makes this NULL: no
-
-
-def _conditional_insert(nobody_ahead: Any) -> Insert:
-    values: Any = select(*(bindparam(f"v_{name}") for name in _LEASE_COLUMNS)).where(
-        _room_for("v_provider", "v_model"), nobody_ahead
+    return and_(  # a missing models row makes this NULL: no
+        _count(s.leases, lease_on) + _count(s.waiters, ahead_on) < limit,
+        _count(s.leases) + _count(s.waiters, ahead) < cap,
     )
+
+
+def _conditional_insert(*conditions: Any) -> Insert:
+    values: Any = select(*(bindparam(f"v_{name}") for name in _LEASE_COLUMNS)).where(*conditions)
     return insert(s.leases).from_select(list(_LEASE_COLUMNS), values)
 
 
-# A fresh request when nobody waits, and the waiter at the head of the whole queue: each is
-# exactly the fairness rule with no waiters ahead, so the condition is all a claim needs.
-_FAST_FRESH: Final[Insert] = _conditional_insert(~exists().where(s.waiters.c.id.is_not(None)))
+# A fresh request is behind every waiter (no ticket can exceed this); a queued one is behind the
+# waiters with smaller tickets, and must still hold its own (not reaped while it stalled).
+_EVERYONE: Final = 2**62
+_FAST_FRESH: Final[Insert] = _conditional_insert(_room_ahead_of(_EVERYONE))
 _FAST_HEAD: Final[Insert] = _conditional_insert(
+    _room_ahead_of(bindparam("ticket_id")),
     exists().where(
         (s.waiters.c.id == bindparam("ticket_id"))
-        & (s.waiters.c.token == bindparam("ticket_token"))  # still queued: not reaped meanwhile
-    )
-    & ~exists().where(s.waiters.c.id < bindparam("ticket_id"))
+        & (s.waiters.c.token == bindparam("ticket_token"))
+    ),
 )
 _FAST_FRESH_RETURNING: Final = _FAST_FRESH.returning(s.leases.c.id)
 _FAST_HEAD_RETURNING: Final = _FAST_HEAD.returning(s.leases.c.id)

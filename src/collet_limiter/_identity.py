@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,15 +132,38 @@ def current_holder() -> Holder:
     return _holder_for(os.getpid())
 
 
+# How long a holder seen alive is taken to be alive without looking again. Every contended claim
+# asks about the holders in its way; a death is also seen at once by the watchers' pidfds, so a
+# short memory of the living only spares /proc reads, and never delays a reclaim for long.
+ALIVE_MEMORY_SECS: Final = 0.5
+_seen_alive: dict[tuple[int, float], float] = {}
+
+
 def is_provably_dead(*, holder_host: str, pid: int, pid_start: float) -> bool:
     """Whether a holder recorded as (``holder_host``, ``pid``, ``pid_start``) is certainly dead."""
     if holder_host != host_id():
+        return False
+    now = time.monotonic()
+    if _seen_alive.get((pid, pid_start), -math.inf) > now:
         return False
     try:
         start = process_start(pid)
     except UnknownProcessState:
         return False
-    return start is None or start != pid_start
+    dead = start is None or start != pid_start
+    if dead:
+        _seen_alive.pop((pid, pid_start), None)
+    else:
+        if len(_seen_alive) > 4096:
+            _seen_alive.clear()
+        _seen_alive[(pid, pid_start)] = now + ALIVE_MEMORY_SECS
+    return dead
+
+
+def forget_alive(pid: int) -> None:
+    """Drop what is remembered of ``pid`` being alive (its exit was just observed)."""
+    for holder in [h for h in _seen_alive if h[0] == pid]:
+        _seen_alive.pop(holder, None)
 
 
 def holder_alive(*, holder_host: str, pid: int, pid_start: float) -> bool | None:

@@ -526,6 +526,7 @@ class Limiter:
                 self._drain_interrupts()
                 look = True
             now = monotonic()
+            self._pids.exited(fd for fd in ready if fd in pidfds)
             if any(fd in ready for fd in pidfds) or now >= sweep_due or now >= expiry_due:
                 sweep, expiry_due = True, math.inf
             # Pushed wake-ups reach the waiters whose turn came; looking after other commits

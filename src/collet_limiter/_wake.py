@@ -27,7 +27,7 @@ import uuid
 from typing import TYPE_CHECKING, Final
 
 from ._files import Sharing, create_file
-from ._identity import process_start
+from ._identity import forget_alive, process_start
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -119,6 +119,13 @@ class PidWatch:
         """The descriptors to wait on; one becomes readable when its process exits."""
         return list(self._fds.values())
 
+    def exited(self, fds: Iterable[int]) -> None:
+        """Note that the processes behind these readable pidfds have exited."""
+        ready = set(fds)
+        for (pid, _start), fd in self._fds.items():
+            if fd in ready:
+                forget_alive(pid)
+
     def update(self, holders: Iterable[tuple[int, float]]) -> bool:
         """Watch exactly ``holders`` (not this process); True if one is already dead."""
         wanted = {h for h in holders if h[0] != os.getpid()}
@@ -134,6 +141,7 @@ class PidWatch:
                 break
             fd = _open_pidfd(holder)
             if fd is None:
+                forget_alive(holder[0])
                 dead = True
             elif fd < 0:
                 unwatchable += 1
@@ -199,7 +207,7 @@ class WriterLock:
                 return True
             if time.monotonic() >= deadline:
                 return False
-            delay = min(delay * 2, 0.001)
+            delay = min(delay * 2, 0.00025)
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free, without waiting."""
