@@ -236,16 +236,20 @@ class Reference:
         return ticket in self.tickets and self.tickets[ticket].token == token
 
     def _at_the_head(self, primary: ModelKey, ticket: int | None, ticket_token: str) -> bool:
-        """No waiter ahead at all (a fresh request: none queued), and the primary has room."""
+        """Room for the primary even if every waiter ahead were served first (the one-statement
+        path, which reads no other row): its own waiters ahead against its limit, and all the
+        waiters ahead against the cap. A queued request must still hold its ticket."""
         if primary not in self.rows:
             return False
-        if ticket is None:
-            nobody_ahead = not self.tickets
-        else:
-            nobody_ahead = self.has_ticket(ticket, ticket_token) and min(self.tickets) == ticket
+        if ticket is not None and not self.has_ticket(ticket, ticket_token):
+            return False
+        ahead = [t for t in self.tickets if ticket is None or t < ticket]
+        ahead_here = sum(1 for t in ahead if self.tickets[t].key == primary)
         held = self.held()
-        room = held[primary] < self.rows[primary].limit and len(self.leases) < self.cap
-        return nobody_ahead and room
+        return (
+            held[primary] + ahead_here < self.rows[primary].limit
+            and len(self.leases) + len(ahead) < self.cap
+        )
 
     def could_grant(self, primary: ModelKey, ticket: int, token: str) -> bool:
         """What a waiter's lock-free look answers (True also when a claim must sort it out)."""

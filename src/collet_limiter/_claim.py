@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Integer, and_, bindparam, cast, delete, exists, func, insert, select
 
 from . import _schema as s
+from ._engine import Prepared
 from ._fairness import Snapshot, ahead_of_each
 from ._fallback import Candidate, Via, plan
 from ._keys import ModelKey
@@ -144,8 +145,11 @@ _FAST_HEAD: Final[Insert] = _conditional_insert(
         & (s.waiters.c.token == bindparam("ticket_token"))
     ),
 )
-_FAST_FRESH_RETURNING: Final = _FAST_FRESH.returning(s.leases.c.id)
-_FAST_HEAD_RETURNING: Final = _FAST_HEAD.returning(s.leases.c.id)
+_FAST_FRESH_RETURNING: Final = Prepared(_FAST_FRESH.returning(s.leases.c.id))
+_FAST_HEAD_RETURNING: Final = Prepared(_FAST_HEAD.returning(s.leases.c.id))
+_DELETE_TICKET_FAST: Final = Prepared(
+    delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
+)
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
 _DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
 _INSERT_LEASE: Final = insert(s.leases)
@@ -203,15 +207,18 @@ def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecor
         params |= {"ticket_id": ticket, "ticket_token": request.ticket_token}
         statement, returning = _FAST_HEAD, _FAST_HEAD_RETURNING
     if conn.dialect.insert_returning:  # SQLite >= 3.35, PostgreSQL: the id in the same statement
-        lease_id = conn.execute(returning, params).scalar()
-        if lease_id is None:
+        cursor = returning.execute(conn, params)
+        row = cursor.fetchone()
+        cursor.close()
+        if row is None:
             return None
+        lease_id = int(row[0])
     else:
         if not conn.execute(statement, params).rowcount:
             return None
         lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
     if ticket is not None:
-        conn.execute(_DELETE_TICKET, {"ticket_id": ticket})
+        _DELETE_TICKET_FAST.execute(conn, {"ticket_id": ticket}).close()
     return _record(values, lease_id)
 
 

@@ -25,10 +25,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from sqlalchemy.engine import URL, Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.sql.expression import ClauseElement
 
 # Key in a connection's ``info`` marking that its next transaction will write (a plain dict
 # entry: execution options would cost more than the statement on this hot path).
@@ -96,7 +97,11 @@ def _on_connect(busy_timeout_ms: int) -> Any:
 
 
 def _on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(WRITE_FLAG) else "BEGIN")
+    cursor = conn.connection.cursor()  # straight to the driver: this runs for every transaction
+    try:
+        cursor.execute("BEGIN IMMEDIATE" if conn.info.get(WRITE_FLAG) else "BEGIN")
+    finally:
+        cursor.close()
 
 
 def create_sqlite_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
@@ -137,6 +142,39 @@ def create_aiosqlite_engine(target: Target, *, busy_timeout_ms: int, pool_size: 
     event.listen(engine.sync_engine, "connect", _on_connect(busy_timeout_ms))
     event.listen(engine.sync_engine, "begin", _on_begin)
     return engine
+
+
+class Prepared:
+    """A Core statement compiled once per dialect, executed on the driver's cursor.
+
+    For the few statements on the hot path of every acquire and release. The SQL is still the
+    Core construct's, compiled by the connection's own dialect; only SQLAlchemy's per-execution
+    machinery (events, result objects), which costs more than the statement itself, is skipped.
+    Use it for statements with plain scalar parameters and results read by position.
+    """
+
+    __slots__ = ("_compiled", "statement")
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self.statement = statement
+        self._compiled: dict[str, Any] = {}
+
+    def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
+        """Run in ``conn``'s current transaction; returns the driver's cursor (close it)."""
+        dialect = conn.dialect
+        entry: tuple[Any, str] | None = self._compiled.get(dialect.name)
+        if entry is None:
+            built: Any = self.statement.compile(dialect=dialect)  # positiontup: SQLCompiler's
+            entry = self._compiled[dialect.name] = (built, str(built))
+        compiled, sql = entry
+        values = compiled.construct_params(params or {})
+        if compiled.positional:
+            arguments: Any = tuple(values[name] for name in compiled.positiontup)
+        else:
+            arguments = values
+        cursor = conn.connection.cursor()
+        cursor.execute(sql, arguments)
+        return cursor
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
+from ._engine import Prepared
 from ._fairness import Snapshot, admissible
 from ._fallback import ModelRow, Via
 from ._identity import is_provably_dead
@@ -56,9 +57,12 @@ _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
 _INSERT_TICKET: Final = insert(s.waiters)
 _DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
-_RELEASE: Final = delete(s.leases).where(
-    (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
+_RELEASE: Final = Prepared(
+    delete(s.leases).where(
+        (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
+    )
 )
+_ANY_WAITER: Final = Prepared(select(s.waiters.c.id).limit(1))
 
 
 def _reapable(table: Table) -> Select[Any]:
@@ -340,9 +344,12 @@ def wake_targets(conn: Connection) -> list[tuple[str, int]]:
     Called at the end of every transaction that frees room (release, reap, discard): one read
     of the queue, and nothing more when it is empty.
     """
-    waiting = conn.execute(_WAITERS).all()
-    if not waiting:
+    cursor = _ANY_WAITER.execute(conn)
+    nobody = cursor.fetchone() is None
+    cursor.close()
+    if nobody:  # the usual case, answered by the driver alone
         return []
+    waiting = conn.execute(_WAITERS).all()
     limits = {key: row.limit for key, row in read_models(conn).items()}
     tickets = admissible(
         [(row.id, ModelKey(row.provider, row.model)) for row in waiting],
@@ -425,7 +432,10 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
 
 def release(conn: Connection, lease_id: int, token: str) -> bool:
     """Delete one lease by id and token; False when it was already gone (reclaimed)."""
-    return conn.execute(_RELEASE, {"lease_id": lease_id, "lease_token": token}).rowcount > 0
+    cursor = _RELEASE.execute(conn, {"lease_id": lease_id, "lease_token": token})
+    released = cursor.rowcount > 0
+    cursor.close()
+    return bool(released)
 
 
 def discard(conn: Connection, *, lease_token: str, ticket_token: str) -> None:
