@@ -235,22 +235,6 @@ class Reference:
         """Whether this waiter's ticket is still queued (an id alone may have been reused)."""
         return ticket in self.tickets and self.tickets[ticket].token == token
 
-    def _at_the_head(self, primary: ModelKey, ticket: int | None, ticket_token: str) -> bool:
-        """Room for the primary even if every waiter ahead were served first (the one-statement
-        path, which reads no other row): its own waiters ahead against its limit, and all the
-        waiters ahead against the cap. A queued request must still hold its ticket."""
-        if primary not in self.rows:
-            return False
-        if ticket is not None and not self.has_ticket(ticket, ticket_token):
-            return False
-        ahead = [t for t in self.tickets if ticket is None or t < ticket]
-        ahead_here = sum(1 for t in ahead if self.tickets[t].key == primary)
-        held = self.held()
-        return (
-            held[primary] + ahead_here < self.rows[primary].limit
-            and len(self.leases) + len(ahead) < self.cap
-        )
-
     def could_grant(self, primary: ModelKey, ticket: int, token: str) -> bool:
         """What a waiter's lock-free look answers (True also when a claim must sort it out)."""
         if primary not in self.rows or not self.has_ticket(ticket, token):
@@ -289,14 +273,6 @@ class Reference:
         ``tokens`` are the request's lease token and ticket token.
         """
         lease_token, ticket_token = tokens
-        if self._at_the_head(primary, ticket, ticket_token):
-            # Nobody is ahead and the primary has room: granted at once, reading no other row
-            # (so no row is added for the chain's keys, as the general path below would).
-            assert new_lease is not None, f"the reference grants {primary}, the limiter nothing"
-            via = "primary" if ticket is None else "queue"
-            self.leases[new_lease] = Holding(primary, owner, lease_token, self.now + self.ttl, via)
-            self.tickets.pop(ticket, None) if ticket is not None else None
-            return Outcome((primary, via), None, requeued=False)
         self.ensure(config, [primary, *chain])
         requeued = False
         if ticket is not None and not self.has_ticket(ticket, ticket_token):
