@@ -271,10 +271,24 @@ class AsyncLimiter:
     async def _run(self, func: Callable[..., T], *args: Any, write: bool = False) -> T:
         """Run one ``Core`` transaction on a pooled connection, through ``run_sync``.
 
+        The transaction runs in a task of its own, shielded: a caller cancelled meanwhile (a
+        timeout, ``close()``) waits for it to commit or roll back, and only then sees the
+        cancellation. Cut off halfway, it would go back to the pool still holding SQLite's
+        locks, and every later writer would wait on it.
+
         Writes from this limiter's tasks take turns on an asyncio lock: SQLite admits one writer
         at a time anyway, and connections of one process competing for its lock would be left
         to SQLite's busy handler, whose growing sleeps can starve one of them for seconds.
         """
+        task = asyncio.ensure_future(self._transact(func, *args, write=write))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+
+    async def _transact(self, func: Callable[..., T], *args: Any, write: bool) -> T:
         if write and self._core.file_replaced():
             await self._reopen()
         engine = await self._ensure_open()
@@ -320,9 +334,12 @@ class AsyncLimiter:
         self._closing.set()
         for waiter in list(self._waiters.values()):
             waiter.event.set()
-        for task in (self._heartbeat, self._watcher):
-            if task is not None:
-                task.cancel()
+        # The watcher sees _closed and stops at its next turn: it runs transactions on its own
+        # connection, and must not be cut off inside one. The heartbeat's go through _run.
+        self._poke.set()
+        self._wanted.set()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         self._stop_readers()
         pending = [t for t in (self._heartbeat, self._watcher, *self._tasks) if t is not None]
         await asyncio.gather(*pending, return_exceptions=True)
@@ -666,7 +683,8 @@ class AsyncLimiter:
         self._poke.set()
 
     async def _beat(self) -> None:
-        while not self._closed:  # close() cancels this task
+        # close() cancels this task; a renewal it interrupts still completes (see _run).
+        while not self._closed:
             await asyncio.sleep(self._core.ttl / 3)
             if not self._leases and not self._waiters:
                 continue
