@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -189,7 +189,7 @@ def test_waiters_are_served_in_ticket_order(open_limiter: Open, small_config: Co
 
 def _slow_waiter(limiter: Limiter, key: ModelKey | str) -> tuple[threading.Thread, list[object]]:
     """Start a thread blocked in acquire_wait, deaf to push; returns once its ticket is queued."""
-    inner = getattr(limiter, "limiter", limiter)  # the AsyncLimiter behind an AsyncFacade
+    inner = _inner(limiter)
     inner._wake.close()
     inner._wake.address = None
     got: list[object] = []
@@ -207,10 +207,22 @@ def _slow_waiter(limiter: Limiter, key: ModelKey | str) -> tuple[threading.Threa
     return thread, got
 
 
-# A waiter that cannot be woken by push (as one in another network namespace) and polls only
-# every second leaves a window after each release in which a fresh request could steal the
-# slot if fairness did not stop it.
-SLOW = {"poll_interval": 1.0, "max_poll_interval": 1.0}
+def _inner(limiter: Limiter) -> Any:
+    return getattr(limiter, "limiter", limiter)  # the AsyncLimiter behind an AsyncFacade
+
+
+def _nudge(limiter: Any) -> None:
+    """Make a waiting limiter's watcher look now (what its next poll would do)."""
+    if hasattr(limiter, "limiter"):  # an AsyncFacade: poke on the limiter's own loop
+        limiter._loop.loop.call_soon_threadsafe(limiter.limiter._poke.set)
+    else:
+        limiter._interrupt()
+
+
+# A waiter that cannot be woken by push (as one in another network namespace) and would poll
+# only after a minute leaves the window after each release in which a fresh request could steal
+# the slot if fairness did not stop it; the test then nudges it, as its poll would.
+SLOW = {"poll_interval": 60.0, "max_poll_interval": 60.0}
 
 
 def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
@@ -232,6 +244,7 @@ def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
     )  # the CLI, not glm-4.7
     as_fallback = fresh.acquire_with_fallback(GLM5, [GLM47])
     assert as_fallback == QueueWait(GLM5, "full (1/1 held)")
+    _nudge(waiter)
     thread.join(10)
     assert [lease.key for lease in got] == [GLM47]  # type: ignore[attr-defined]
 
@@ -248,6 +261,7 @@ def test_the_last_global_slot_goes_to_the_oldest_waiter_whose_model_has_room(
     result = fresh.acquire_with_fallback("p/d")
     assert isinstance(result, QueueWait)
     assert result.reason == "global cap: 1 free but 1 earlier waiter(s) can use them"
+    _nudge(waiter)
     thread.join(10)
     assert [lease.key for lease in got] == [ModelKey("p", "c")]  # type: ignore[attr-defined]
 
