@@ -89,7 +89,17 @@ class Sqlite3Poll:
         self.conn = sqlite3.connect(
             params["db"], timeout=10, isolation_level=None, check_same_thread=False
         )
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL takes an exclusive lock without SQLite's busy handler, so
+        # workers opening at once retry it themselves.
+        for attempt in range(1000):
+            try:
+                if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 999:
+                    raise
+                time.sleep(0.001)
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS peer_leases (id INTEGER PRIMARY KEY, pid INTEGER)"

@@ -364,7 +364,8 @@ def test_a_file_size_limit_is_a_clear_error_and_loses_no_lease(tmp_path: Path) -
     no_driver_error(result.stderr)
     name, count, message = result.stdout.strip().split(" ", 2)
     assert name == "DatabaseUnavailableError", result.stdout
-    assert message.startswith(f"cannot open database {db} (disk I/O error)"), message
+    assert message.startswith(f"database {db}: the file system refused a read or write"), message
+    assert "(disk I/O error)" in message and "ulimit -f" in message, message
     # Nothing stored was lost: the child exited without closing, so its leases are all there.
     assert rows(db, "SELECT count(*) FROM leases") == [(int(count),)]
 

@@ -185,6 +185,13 @@ class Config(_Open):
         """The file this config was read from; None for built-in defaults or a mapping."""
         return self._source
 
+    @property
+    def origin(self) -> str:
+        """Where this config came from, for messages: its file, or how it was built."""
+        if self._source is not None:
+            return self._source
+        return "<built-in defaults>" if self == Config() else "<config built in code>"
+
     def row(self, key: ModelKey, *, position: int | None = None, is_cli: bool = False) -> ModelRow:
         """The ``models`` table row for ``key`` under this config."""
         profile = self.profile(key)

@@ -233,7 +233,7 @@ class Core:
                 rows=self.config_rows,
                 cap=self.config.max_agents,
                 fingerprint=self.fingerprint,
-                source=self.config.source or "<built-in defaults>",
+                source=self.config.origin,
                 now=self.clock(),
                 demand=self.demand,
             )
@@ -242,7 +242,7 @@ class Core:
                 "%s: the database held another config; wrote %s (the last config written is "
                 "what every process obeys)",
                 self.display,
-                self.config.source or "the built-in defaults",
+                self.config.origin,
             )
 
     def _file_id(self) -> tuple[int, int] | None:

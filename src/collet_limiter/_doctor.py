@@ -197,7 +197,7 @@ def diagnose(
     """
     config = config if config is not None else load_config()
     path = resolve_db_path(db, config)
-    source = config.source or "<built-in defaults>"
+    source = config.origin
     fingerprint = config_fingerprint(config, config.model_rows())
     found = _Findings(dict.fromkeys(_FACTS))
     parent = path.parent

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -153,11 +154,12 @@ class Prepared:
     Use it for statements with plain scalar parameters and results read by position.
     """
 
-    __slots__ = ("_compiled", "statement")
+    __slots__ = ("_compiled", "_row_types", "statement")
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._compiled: dict[str, Any] = {}
+        self._row_types: dict[tuple[str, ...], Any] = {}  # named tuple types by columns
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """Run in ``conn``'s current transaction; returns the driver's cursor (close it)."""
@@ -175,6 +177,29 @@ class Prepared:
         cursor = conn.connection.cursor()
         cursor.execute(sql, arguments)
         return cursor
+
+    def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every result row, as named tuples (columns by position or by name)."""
+        cursor = self.execute(conn, params)
+        try:
+            fetched = cursor.fetchall()
+            names = tuple(column[0] for column in cursor.description)
+        finally:
+            cursor.close()
+        row_type: Any = self._row_types.get(names)
+        if row_type is None:
+            row_type = self._row_types[names] = namedtuple("Row", names, rename=True)
+        make = row_type._make
+        return [make(row) for row in fetched]
+
+    def scalar(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None when there is no row."""
+        cursor = self.execute(conn, params)
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else row[0]
 
 
 @contextlib.contextmanager

@@ -121,7 +121,16 @@ _DRIVER_MESSAGES: Final[tuple[tuple[tuple[str, ...], type[StorageError], str], .
         "cannot write database {path}: the disk is full; free space and retry",
     ),
     (
-        ("unable to open", "disk i/o", "no such"),
+        ("disk i/o",),
+        DatabaseUnavailableError,
+        (
+            "database {path}: the file system refused a read or write ({text}); check free "
+            "space, the file size limit (ulimit -f), the kernel log, and that the file is on "
+            "a local disk"
+        ),
+    ),
+    (
+        ("unable to open", "no such"),
         DatabaseUnavailableError,
         (
             "cannot open database {path} ({text}); check that its directory exists and is "

@@ -65,7 +65,8 @@ class Sharing:
             return grp.getgrnam(self.group).gr_gid
         except KeyError:
             raise ConfigError(
-                f"[limiter] group = {self.group!r}: no such group on this host",
+                f"[limiter] group = {self.group!r}: no such group on this host; create it "
+                "(groupadd) and add the users who share the database, or remove the setting",
                 key="limiter.group",
             ) from None
 

@@ -41,17 +41,24 @@ def utc_datetime(ts: float) -> datetime:
 
 # Statements are built once: SQLAlchemy then computes each one's cache key once, which makes an
 # execution about three times cheaper than building the statement on every call.
-_SELECT_MODELS: Final = select(s.models)
+_SELECT_MODELS: Final = Prepared(select(s.models))
 _SELECT_META: Final = select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key"))
-_HELD: Final = select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
-    s.leases.c.provider, s.leases.c.model
+_SELECT_META_FAST: Final = Prepared(_SELECT_META)
+_HELD: Final = Prepared(
+    select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
+        s.leases.c.provider, s.leases.c.model
+    )
 )
-_WAITING: Final = select(s.waiters.c.provider, s.waiters.c.model, func.count()).group_by(
+_WAITING_SELECT: Final = select(s.waiters.c.provider, s.waiters.c.model, func.count()).group_by(
     s.waiters.c.provider, s.waiters.c.model
 )
-_AHEAD: Final = _WAITING.where(s.waiters.c.id < bindparam("ticket_id"))
-_TICKET_EXISTS: Final = select(func.count()).where(
-    (s.waiters.c.id == bindparam("ticket_id")) & (s.waiters.c.token == bindparam("ticket_token"))
+_WAITING: Final = Prepared(_WAITING_SELECT)
+_AHEAD: Final = Prepared(_WAITING_SELECT.where(s.waiters.c.id < bindparam("ticket_id")))
+_TICKET_EXISTS: Final = Prepared(
+    select(func.count()).where(
+        (s.waiters.c.id == bindparam("ticket_id"))
+        & (s.waiters.c.token == bindparam("ticket_token"))
+    )
 )
 _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
@@ -78,7 +85,10 @@ def _reapable(table: Table) -> Select[Any]:
     ).where((table.c.expires_ts < bindparam("now")) | (table.c.host_id == bindparam("my_host")))
 
 
-_REAPABLE: Final = {"lease": _reapable(s.leases), "ticket": _reapable(s.waiters)}
+_REAPABLE: Final = {
+    "lease": Prepared(_reapable(s.leases)),
+    "ticket": Prepared(_reapable(s.waiters)),
+}
 
 
 def _renew(table: Table) -> Update:
@@ -174,7 +184,7 @@ def _row_values(row: ModelRow) -> dict[str, object]:
 
 def read_models(conn: Connection) -> dict[ModelKey, ModelRow]:
     """Every row of the ``models`` table."""
-    return {model.key: model for model in map(_model_row, conn.execute(_SELECT_MODELS))}
+    return {model.key: model for model in map(_model_row, _SELECT_MODELS.rows(conn))}
 
 
 def ensure_models(
@@ -197,7 +207,7 @@ def read_meta(conn: Connection) -> dict[str, str]:
 
 def max_agents(conn: Connection) -> int:
     """The global cap in force (the last config written wins)."""
-    value = conn.execute(_SELECT_META, {"meta_key": s.META_MAX_AGENTS}).scalar()
+    value = _SELECT_META_FAST.scalar(conn, {"meta_key": s.META_MAX_AGENTS})
     return int(value) if value is not None else DEFAULT_MAX_AGENTS
 
 
@@ -298,12 +308,12 @@ def list_tickets(conn: Connection) -> list[TicketRecord]:
 
 def held_counts(conn: Connection) -> dict[ModelKey, int]:
     """Leases per model."""
-    return {ModelKey(provider, model): count for provider, model, count in conn.execute(_HELD)}
+    return {ModelKey(provider, model): count for provider, model, count in _HELD.rows(conn)}
 
 
 def waiting_counts(conn: Connection, before: int | None = None) -> dict[ModelKey, int]:
     """Waiters per model: all of them, or those queued before ticket ``before``."""
-    rows = conn.execute(_WAITING) if before is None else conn.execute(_AHEAD, {"ticket_id": before})
+    rows = _WAITING.rows(conn) if before is None else _AHEAD.rows(conn, {"ticket_id": before})
     return {ModelKey(provider, model): count for provider, model, count in rows}
 
 
@@ -320,21 +330,23 @@ def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | Non
 def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
     """Whether a ticket is still queued (reaping removes the tickets of stalled waiters)."""
     params = {"ticket_id": ticket, "ticket_token": token}
-    return bool(conn.execute(_TICKET_EXISTS, params).scalar())
+    return bool(_TICKET_EXISTS.scalar(conn, params))
 
 
-_WAITERS: Final = select(
-    s.waiters.c.id,
-    s.waiters.c.provider,
-    s.waiters.c.model,
-    s.waiters.c.wake_addr,
-    s.waiters.c.pid,
-    s.waiters.c.pid_start,
-    s.waiters.c.host_id,
-    s.waiters.c.expires_ts,
-).order_by(s.waiters.c.id)
-_HOLDERS: Final = select(
-    s.leases.c.pid, s.leases.c.pid_start, s.leases.c.host_id, s.leases.c.expires_ts
+_WAITERS: Final = Prepared(
+    select(
+        s.waiters.c.id,
+        s.waiters.c.provider,
+        s.waiters.c.model,
+        s.waiters.c.wake_addr,
+        s.waiters.c.pid,
+        s.waiters.c.pid_start,
+        s.waiters.c.host_id,
+        s.waiters.c.expires_ts,
+    ).order_by(s.waiters.c.id)
+)
+_HOLDERS: Final = Prepared(
+    select(s.leases.c.pid, s.leases.c.pid_start, s.leases.c.host_id, s.leases.c.expires_ts)
 )
 
 
@@ -349,7 +361,7 @@ def wake_targets(conn: Connection) -> list[tuple[str, int]]:
     cursor.close()
     if nobody:  # the usual case, answered by the driver alone
         return []
-    waiting = conn.execute(_WAITERS).all()
+    waiting = _WAITERS.rows(conn)
     limits = {key: row.limit for key, row in read_models(conn).items()}
     tickets = admissible(
         [(row.id, ModelKey(row.provider, row.model)) for row in waiting],
@@ -371,7 +383,7 @@ class Outlook:
 
 def outlook(conn: Connection, waiting: Sequence[Any], my_host: str) -> Outlook:
     """The holders a watcher can watch for death, and the next expiry, from one more read."""
-    leases = conn.execute(_HOLDERS).all()
+    leases = _HOLDERS.rows(conn)
     rows = [*leases, *waiting]
     holders = frozenset((r.pid, r.pid_start) for r in rows if r.host_id == my_host)
     return Outlook(holders, min((r.expires_ts for r in rows), default=None))
@@ -379,7 +391,7 @@ def outlook(conn: Connection, waiting: Sequence[Any], my_host: str) -> Outlook:
 
 def waiters_detail(conn: Connection) -> Sequence[Any]:
     """Every waiter (rows) with its wake address, process and expiry, in queue order."""
-    return conn.execute(_WAITERS).all()
+    return _WAITERS.rows(conn)
 
 
 # --- reaping -----------------------------------------------------------------------------------
@@ -403,7 +415,7 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
 
     for kind, table in (("lease", s.leases), ("ticket", s.waiters)):
         doomed: list[int] = []
-        for row in conn.execute(_REAPABLE[kind], {"now": now, "my_host": my_host}):
+        for row in _REAPABLE[kind].rows(conn, {"now": now, "my_host": my_host}):
             if row.expires_ts < now:
                 reason = "expired"
             elif dead(row.pid, row.pid_start):

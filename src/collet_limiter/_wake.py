@@ -22,6 +22,7 @@ import fcntl
 import os
 import socket
 import struct
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Final
@@ -182,49 +183,128 @@ class WriterLock:
 
     The lock file sits beside the database, never on it: closing any descriptor of the database
     file would drop SQLite's own POSIX locks held by this process.
+
+    ``flock`` cannot time out, yet a writer stopped inside its transaction (SIGSTOP, a debugger)
+    must not hold everyone forever. So a contended ``acquire`` hands the blocking ``flock`` to a
+    helper thread with its own open file (a lock of its own, which the kernel queues behind the
+    holder's and grants the moment that is released) and waits for it with a timeout; a grant
+    that nobody waits for any more is given straight back. Callers in one process take turns
+    (the limiter's thread lock), so there is at most one request at a time.
     """
 
     def __init__(self, db: Path, sharing: Sharing) -> None:
         self.path = db.with_name(db.name + ".lock")
         create_file(self.path, sharing)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._held = -1  # the descriptor whose lock the caller holds
+        self._wanted = False
+        self._closed = False
+        self._helper: threading.Thread | None = None
+        self._helper_fd = -1
 
     def acquire(self, timeout: float) -> bool:
-        """Take the lock within ``timeout`` seconds; False if another process kept it.
-
-        ``flock`` itself cannot time out, and a writer stopped inside its transaction (SIGSTOP,
-        a debugger) would hold everyone forever; so after a free first try the wait polls, its
-        sleeps doubling from 20 us to 1 ms. Write transactions last well under a millisecond,
-        so the lock is usually free at the first or second look.
-        """
-        if self.try_acquire():
-            return True
-        deadline = time.monotonic() + timeout
-        delay = 0.00002
-        while True:
-            time.sleep(delay)
-            if self.try_acquire():
+        """Take the lock within ``timeout`` seconds; False if another process kept it."""
+        with self._cond:
+            if self._try(self._fd):
+                self._held = self._fd
                 return True
-            if time.monotonic() >= deadline:
-                return False
-            delay = min(delay * 2, 0.00025)
+            self._wanted = True
+            self._start_helper()
+            self._cond.notify_all()
+            deadline = time.monotonic() + timeout
+            while self._held < 0 and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._wanted = False
+            return self._held >= 0
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free, without waiting."""
+        with self._cond:
+            if self._held < 0 and self._try(self._fd):
+                self._held = self._fd
+                return True
+            return False
+
+    def release(self) -> None:
+        """Let the next writer in."""
+        with self._cond:
+            fd, self._held = self._held, -1
+            if fd >= 0 and not self._closed:  # closing dropped it
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file, releasing the lock if held; a blocked helper closes its own."""
+        if self._pid != os.getpid():
+            # In a forked child: no helper thread, a condition another thread may have held at
+            # the fork, and copies of descriptors whose locks belong to the open files shared
+            # with the parent (closing a copy never drops them). Only close the copies.
+            if not self._closed:
+                self._closed = True
+                for fd in (self._fd, self._helper_fd):
+                    if fd >= 0:
+                        os.close(fd)
+            return
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            os.close(self._fd)
+            if self._helper_fd >= 0 and not helper_alive(self._helper):
+                os.close(self._helper_fd)
+                self._helper_fd = -1
+
+    @staticmethod
+    def _try(fd: int) -> bool:
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return False
             raise
         return True
 
-    def release(self) -> None:
-        """Let the next writer in."""
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+    def _start_helper(self) -> None:
+        if helper_alive(self._helper):
+            return
+        if self._helper_fd < 0:
+            self._helper_fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        self._helper = threading.Thread(
+            target=self._wait_for_lock,
+            args=(self._helper_fd,),
+            name=f"collet-limiter {self.path.name}",
+            daemon=True,
+        )
+        self._helper.start()
 
-    def close(self) -> None:
-        """Close the lock file (releasing the lock if held)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def _wait_for_lock(self, fd: int) -> None:
+        """The helper: block in ``flock`` while a caller wants the lock; hand it over or back."""
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and not (self._wanted and self._held < 0):
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                fcntl.flock(fd, fcntl.LOCK_EX)  # without the GIL, queued in the kernel
+                with self._cond:
+                    if self._wanted and self._held < 0 and not self._closed:
+                        self._held = fd
+                        self._cond.notify_all()
+                    else:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            with self._cond:
+                if self._closed:  # the lock, if still held, goes with the descriptor
+                    os.close(fd)
+                    self._helper_fd = -1
+
+
+def helper_alive(thread: threading.Thread | None) -> bool:
+    """Whether ``thread`` exists and still runs."""
+    return thread is not None and thread.is_alive()
