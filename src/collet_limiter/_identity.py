@@ -54,9 +54,15 @@ def _linux_start(pid: int) -> float | None:
     create times, which move when the system clock is adjusted.
     """
     try:
-        stat = (_PROC / str(pid) / "stat").read_text()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         return None
+    try:  # os-level reads: this runs for every holder in the way of a contended claim
+        stat = os.read(fd, 4096).decode(errors="replace")
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(fd)
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
     state, start_ticks = fields[0], int(fields[19])
