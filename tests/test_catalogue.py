@@ -192,7 +192,8 @@ CASES = [
          "<config>: providers: provider 'zai' is defined twice (got [{'name': 'zai'}, {'name': 'zai'}])",
          _config, ["init"], 3, files={"config": '[[providers]]\nname = "zai"\n[[providers]]\nname = "zai"\n'}),
     Case("an unknown group in [limiter]", ConfigError,
-         "[limiter] group = 'no-such-group-xyz': no such group on this host",
+         "[limiter] group = 'no-such-group-xyz': no such group on this host; create it "
+         "(groupadd) and add the users who share the database, or remove the setting",
          lambda p: Limiter(p["db"], config=load_config(p["config"], env={})), ["init"], 3,
          files={"config": '[limiter]\ngroup = "no-such-group-xyz"\n'}),
     Case("config file missing", ConfigError, "<config>: config file not found",
