@@ -15,13 +15,16 @@ Workloads (limit 3 unless said), each on fresh shared state, every worker a sepa
   of the ideal rate (limit / mean hold), Jain fairness over per-process counts, acquire p99, and
   an over-admission check by an observer that merges every process's own enter/exit records.
 
-Redis runs as a ``redis-server`` this script starts on loopback (skipped if not installed).
+The peers' client libraries are the project's ``bench`` extra (``pip install -e '.[bench]'``);
+a peer whose library is missing is skipped. Redis runs as a ``redis-server`` this script starts
+on loopback (skipped if not installed).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -39,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mechanisms import MECHANISMS, cleanup, prepare
+from mechanisms import MECHANISMS, NEEDS, cleanup, prepare
 
 TICK = os.sysconf("SC_CLK_TCK")
 LIMIT = 3  # every workload but the handoff (limit 1)
@@ -416,6 +419,13 @@ def main() -> None:
         runner = Runner(Path(tmp), port)
         if port is None:
             names = [n for n in names if n != "Redis BLPOP"]
+        for name, module in NEEDS.items():
+            if name in names and importlib.util.find_spec(module) is None:
+                print(
+                    f"# {name}: skipped, {module} is not installed (the bench extra)",
+                    file=sys.stderr,
+                )
+                names.remove(name)
         rows = {}
         for name in names:
             started = time.monotonic()

@@ -201,6 +201,14 @@ MECHANISMS: dict[str, type[Any]] = {
 }
 
 
+# The peers' client libraries (the `bench` extra); a mechanism whose library is missing is skipped.
+NEEDS: dict[str, str] = {
+    "portalocker, 5 ms poll": "portalocker",
+    "POSIX semaphore": "posix_ipc",
+    "Redis BLPOP": "redis",
+}
+
+
 def prepare(name: str, workdir: Path, limit: int, redis_port: int | None) -> dict[str, Any]:
     """Fresh shared state for one mechanism and one workload; returns the workers' params."""
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
