@@ -530,3 +530,47 @@ def test_a_deleted_database_file_is_recreated_with_the_leases_still_held(
     assert newcomer.acquire_with_fallback(GLM5).lease.key != GLM5  # type: ignore[union-attr]
     lease.release()
     assert rows(db, "select count(*) from leases where holder = 'survivor'") == [(0,)]
+
+
+def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> None:
+    """A release can commit between the claim that queued a ticket and that thread's
+    registration with the watcher; the pushed ticket is kept for it. The backstop poll is set
+    to a minute, so only the push can wake the acquire below before its deadline."""
+    from collet_limiter import Limiter as SyncLimiter
+
+    config = make_config(
+        collaboration={"max_agents": 10},
+        models=[{"name": "x", "concurrency_limit": 1}, {"name": "y", "concurrency_limit": 1}],
+        limiter={"poll_interval_ms": 60_000, "max_poll_interval_ms": 60_000},
+    )
+    with SyncLimiter(db, config=config) as other, SyncLimiter(db, config=config) as waiting:
+        blocker, held = other.acquire("p/x"), other.acquire("p/y")
+        # A first waiter keeps the watcher running, with a fresh look, so the next one's
+        # arrival causes no look of its own.
+        first = threading.Thread(target=lambda: waiting.acquire_wait("p/x", timeout=120).release())
+        first.start()
+        wait_for(lambda: len(waiting._waiters) == 1)
+        register = waiting._register
+
+        def release_then_register(request: Any) -> Any:
+            held.release()  # pushes the new ticket before its thread is known to the watcher
+            time.sleep(0.2)  # the watcher drains the datagram meanwhile
+            return register(request)
+
+        waiting._register = release_then_register  # type: ignore[method-assign]
+        started = time.monotonic()
+        lease = waiting.acquire_wait("p/y", timeout=20)
+        # Unwoken, the thread would sleep to its deadline and claim then: it must not.
+        assert time.monotonic() - started < 10
+        assert lease.key.model == "y"
+        lease.release()
+        blocker.release()
+        first.join(timeout=60)
+        assert not first.is_alive()
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)

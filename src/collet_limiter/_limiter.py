@@ -45,6 +45,8 @@ SPARE_CONNECTIONS: Final = 4
 # on this host through pidfds: deaths then wake it at once and expiries have their own timer,
 # so the sweep only guards against what it cannot observe (another host's clock, a clock step).
 WATCHED_SWEEP_SECS: Final = 10.0
+# Pushed tickets remembered for threads about to register; more are stale (tickets only grow).
+MAX_EARLY_TICKETS: Final = 1024
 
 
 class _Waiter:
@@ -55,6 +57,22 @@ class _Waiter:
     def __init__(self, request: ClaimRequest) -> None:
         self.request = request
         self.event = threading.Event()
+
+
+class _Sight:
+    """What the watcher last saw, kept while no thread waits, so a new waiter costs no look.
+
+    ``early`` holds pushed tickets that arrived before their thread registered (a release can
+    commit between the claim that queued a ticket and its registration).
+    """
+
+    __slots__ = ("early", "expiry_due", "looked", "version")
+
+    def __init__(self) -> None:
+        self.version = -1  # PRAGMA data_version at the last look
+        self.looked = -math.inf  # when (monotonic)
+        self.expiry_due = math.inf  # when the earliest lease or ticket expires (monotonic)
+        self.early: set[int] = set()
 
 
 class Lease(BaseLease):
@@ -143,6 +161,7 @@ class Limiter:
         self._leases: dict[str, Lease] = {}  # by token, the proof of ownership
         self._waiters: dict[str, _Waiter] = {}
         self._spare: list[Connection] = []
+        self._sight = _Sight()
         self._heartbeat: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         core.prepare_file()
@@ -193,6 +212,7 @@ class Limiter:
         self._closing = threading.Event()
         self._leases = {}
         self._waiters = {}
+        self._sight = _Sight()
         self._heartbeat = self._watcher = None
         self._core.reset_identity()
         self._engine = create_sqlite_engine(
@@ -436,7 +456,7 @@ class Limiter:
                 request = core.with_ticket(request, result)
                 if waiter is None:
                     waiter = self._register(request)
-                waiter.request = request
+                self._arm(waiter, request)
                 remaining = math.inf if deadline is None else max(0.0, deadline - monotonic())
                 waiter.event.wait(min(remaining, SAFETY_CLAIM_SECS))
                 waiter.event.clear()
@@ -463,8 +483,16 @@ class Limiter:
             self._waiters[request.ticket_token] = waiter
             self._ensure_thread("_heartbeat", self._beat, "heartbeat")
             self._ensure_thread("_watcher", self._watch, "watcher")
-        self._interrupt()  # the watcher looks at once, with the new waiter in view
+        self._interrupt()  # the watcher starts watching (and looks, if its last look is stale)
         return waiter
+
+    def _arm(self, waiter: _Waiter, request: ClaimRequest) -> None:
+        """Point ``waiter`` at its (possibly new) ticket; wake it if that was pushed already."""
+        with self._lock:
+            waiter.request = request
+            if request.ticket in self._sight.early:
+                self._sight.early.discard(request.ticket)
+                waiter.event.set()
 
     def _interrupt(self) -> None:
         with contextlib.suppress(OSError):
@@ -492,9 +520,11 @@ class Limiter:
                 self._closing.wait(self._core.max_poll_interval)
 
     def _watch_on(self, conn: Connection) -> None:
-        core = self._core
-        version, look, sweep, looked = -1, True, False, -math.inf
-        sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
+        core, sight = self._core, self._sight
+        sweep, sweep_due = False, monotonic() + core.max_poll_interval
+        # A waiter's wake-up is pushed to it (or met in sight.early); a look is the backstop,
+        # needed on arrival only when the last one is older than a poll interval.
+        look = monotonic() - sight.looked >= core.poll_interval
         engine = self._engine
         while self._waiters and not self._closed and self._engine is engine:
             if sweep:
@@ -503,44 +533,55 @@ class Limiter:
                 interval = WATCHED_SWEEP_SECS if self._pids.complete else core.max_poll_interval
                 sweep_due = monotonic() + interval
             if look:
-                look, looked = False, monotonic()
-                version = data_version(conn)  # before looking: a later commit is seen next time
+                look, sight.looked = False, monotonic()
+                # Read before looking: a commit made meanwhile is seen at the next check.
+                sight.version = data_version(conn)
                 waiters = list(self._waiters.values())
                 flags, outlook = core.could_grant(conn, [w.request for w in waiters])
                 for waiter, could in zip(waiters, flags, strict=True):
                     if could:
                         waiter.event.set()
                 sweep = self._pids.update(outlook.holders)
+                sight.expiry_due = math.inf
                 if outlook.next_expiry is not None:
-                    expiry_due = monotonic() + max(0.0, outlook.next_expiry - core.clock()) + 0.001
+                    wait = max(0.0, outlook.next_expiry - core.clock())
+                    sight.expiry_due = monotonic() + wait + 0.001
                 if sweep:
                     continue
             now = monotonic()
-            timeout = max(0.0, min(core.poll_interval, sweep_due - now, expiry_due - now))
+            timeout = max(0.0, min(core.poll_interval, sweep_due - now, sight.expiry_due - now))
             pidfds = self._pids.fds()
             waited = [fd for fd in (self._wake.fileno(), self._interrupt_r, *pidfds) if fd >= 0]
             ready, _, _ = select.select(waited, [], [], timeout)
             if self._wake.fileno() in ready:
                 self._wake_waiters(self._wake.drain())
+            now = monotonic()
             if self._interrupt_r in ready:
                 self._drain_interrupts()
-                look = True
-            now = monotonic()
+                look = look or now - sight.looked >= core.poll_interval
             self._pids.exited(fd for fd in ready if fd in pidfds)
-            if any(fd in ready for fd in pidfds) or now >= sweep_due or now >= expiry_due:
-                sweep, expiry_due = True, math.inf
+            if any(fd in ready for fd in pidfds) or now >= sweep_due or now >= sight.expiry_due:
+                sweep, sight.expiry_due = True, math.inf
             # Pushed wake-ups reach the waiters whose turn came; looking after other commits
             # is the backstop, at most once per poll interval, or every process's watcher would
             # read the queue after every commit of a busy database.
-            if monotonic() - looked >= core.poll_interval and data_version(conn) != version:
+            if now - sight.looked >= core.poll_interval and data_version(conn) != sight.version:
                 look = True
 
     def _wake_waiters(self, tickets: set[int] | None) -> None:
-        """Set the events of the waiters holding ``tickets`` (all of them for None)."""
+        """Set the events of the waiters holding ``tickets`` (all of them for None).
+
+        Tickets no waiter holds yet are kept for ``_arm``: their thread is about to register.
+        """
         with self._lock:
             for waiter in self._waiters.values():
                 if tickets is None or waiter.request.ticket in tickets:
                     waiter.event.set()
+            if tickets:
+                early = self._sight.early
+                if len(early) > MAX_EARLY_TICKETS:
+                    early.clear()  # tickets of threads long gone; a real one lost costs a poll
+                early.update(tickets - {w.request.ticket for w in self._waiters.values()})
 
     def _drain_interrupts(self) -> None:
         with contextlib.suppress(BlockingIOError):
