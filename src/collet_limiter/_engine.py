@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,7 @@ def _on_connect(busy_timeout_ms: int) -> Any:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA journal_mode")
-            (mode,) = cursor.fetchone()
-            if str(mode).lower() != "wal":
-                # Persistent: set once per file; readers never block the writer and vice versa.
-                cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor, busy_timeout_ms / 1000)
             # NORMAL is durable across application crashes in WAL mode; only a power loss can
             # roll back the last commits, which for leases means at worst a released slot
             # reappears until its holder is seen dead.
@@ -95,6 +92,35 @@ def _on_connect(busy_timeout_ms: int) -> Any:
             cursor.close()
 
     return configure
+
+
+def _switch_to_wal(cursor: Any, timeout: float) -> None:
+    """Put the file in WAL mode (persistent: once per file) unless it is already.
+
+    Readers never block the writer then, nor the writer them. Switching a new file takes an
+    exclusive lock that SQLite does not wait for with its busy handler, so processes opening a
+    new file at once would fail with "database is locked": they retry here instead, for up to
+    the busy timeout.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not _try_wal(cursor, last_try=time.monotonic() >= deadline):
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _try_wal(cursor: Any, *, last_try: bool) -> bool:
+    """One attempt of ``_switch_to_wal``; False if the file was locked (raised on the last)."""
+    try:
+        cursor.execute("PRAGMA journal_mode")
+        (mode,) = cursor.fetchone()
+        if str(mode).lower() != "wal":
+            cursor.execute("PRAGMA journal_mode = WAL")
+    except Exception as exc:  # the driver's OperationalError (sqlite3 or aiosqlite's adapter)
+        if last_try or "locked" not in str(exc).lower():
+            raise
+        return False
+    return True
 
 
 def _on_begin(conn: Connection) -> None:
