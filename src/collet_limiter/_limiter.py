@@ -66,9 +66,10 @@ class _Sight:
     commit between the claim that queued a ticket and its registration).
     """
 
-    __slots__ = ("early", "expiry_due", "looked", "version")
+    __slots__ = ("conn", "early", "expiry_due", "looked", "version")
 
     def __init__(self) -> None:
+        self.conn: Connection | None = None  # the connection ``version`` was read on
         self.version = -1  # PRAGMA data_version at the last look
         self.looked = -math.inf  # when (monotonic)
         self.expiry_due = math.inf  # when the earliest lease or ticket expires (monotonic)
@@ -525,6 +526,8 @@ class Limiter:
         # A waiter's wake-up is pushed to it (or met in sight.early); a look is the backstop,
         # needed on arrival only when the last one is older than a poll interval.
         look = monotonic() - sight.looked >= core.poll_interval
+        if sight.conn is not conn:  # data_version counts per connection
+            sight.conn, sight.version = conn, -1
         engine = self._engine
         while self._waiters and not self._closed and self._engine is engine:
             if sweep:
