@@ -63,6 +63,18 @@ def let_go(child: subprocess.Popen[str]) -> None:
     child.wait(timeout=30)
 
 
+def handed_over(lock: WriterLock, holder: subprocess.Popen[str]) -> bool:
+    """Whether ``lock.acquire``, started while ``holder`` has the lock, gets it when it lets go."""
+    outcome: list[bool] = []
+    waiter = threading.Thread(target=lambda: outcome.append(lock.acquire(30)))
+    waiter.start()
+    time.sleep(0.1)
+    assert not outcome  # still waiting behind the other process
+    let_go(holder)
+    waiter.join(timeout=30)
+    return outcome == [True]
+
+
 def free_for_others(path: Path) -> bool:
     """Whether another process could take the lock right now."""
     return subprocess.run([sys.executable, "-c", PROBE, str(path)], check=False).returncode == 0
@@ -86,14 +98,7 @@ def test_a_waiting_acquire_gets_the_lock_when_the_holder_lets_go(tmp_path: Path)
     lock = WriterLock(tmp_path / "limiter.db", Sharing())
     try:
         with held_elsewhere(lock.path) as holder:
-            outcome: list[bool] = []
-            waiter = threading.Thread(target=lambda: outcome.append(lock.acquire(30)))
-            waiter.start()
-            time.sleep(0.1)
-            assert not outcome  # still waiting behind the other process
-            let_go(holder)
-            waiter.join(timeout=30)
-        assert outcome == [True]
+            assert handed_over(lock, holder)
         assert not free_for_others(lock.path)
         assert not lock.try_acquire()  # held already: a second taker in this process waits
         lock.release()
@@ -117,13 +122,7 @@ def test_a_forked_child_closing_its_copy_keeps_the_parents_lock(tmp_path: Path) 
     lock = WriterLock(tmp_path / "limiter.db", Sharing())
     try:
         with held_elsewhere(lock.path) as holder:
-            granted: list[bool] = []
-            waiter = threading.Thread(target=lambda: granted.append(lock.acquire(30)))
-            waiter.start()
-            time.sleep(0.1)
-            let_go(holder)
-            waiter.join(timeout=30)
-        assert granted == [True]  # held through the helper's descriptor
+            assert handed_over(lock, holder)  # held through the helper's descriptor
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             lock.close()
