@@ -147,11 +147,8 @@ _FAST_HEAD: Final[Insert] = _conditional_insert(
 )
 _FAST_FRESH_RETURNING: Final = Prepared(_FAST_FRESH.returning(s.leases.c.id))
 _FAST_HEAD_RETURNING: Final = Prepared(_FAST_HEAD.returning(s.leases.c.id))
-_DELETE_TICKET_FAST: Final = Prepared(
-    delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
-)
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
-_DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
+_DELETE_TICKET: Final = Prepared(delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id")))
 _INSERT_LEASE: Final = insert(s.leases)
 _INSERT_TICKET: Final = insert(s.waiters)
 
@@ -207,18 +204,16 @@ def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecor
         params |= {"ticket_id": ticket, "ticket_token": request.ticket_token}
         statement, returning = _FAST_HEAD, _FAST_HEAD_RETURNING
     if conn.dialect.insert_returning:  # SQLite >= 3.35, PostgreSQL: the id in the same statement
-        cursor = returning.execute(conn, params)
-        row = cursor.fetchone()
-        cursor.close()
-        if row is None:
+        inserted = returning.scalar(conn, params)
+        if inserted is None:
             return None
-        lease_id = int(row[0])
+        lease_id = int(inserted)
     else:
         if not conn.execute(statement, params).rowcount:
             return None
         lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
     if ticket is not None:
-        _DELETE_TICKET_FAST.execute(conn, {"ticket_id": ticket}).close()
+        _DELETE_TICKET.execute(conn, {"ticket_id": ticket}).close()
     return _record(values, lease_id)
 
 
@@ -301,7 +296,7 @@ def claim(
         assert lease_id is not None
         result.lease = _record(values, int(lease_id[0]))
         if ticket is not None:
-            conn.execute(_DELETE_TICKET, {"ticket_id": ticket})
+            _DELETE_TICKET.execute(conn, {"ticket_id": ticket}).close()
             result.ticket = None
     elif ticket is None and (request.enqueue or requeued):
         result.ticket = enqueue(conn, request, now)

@@ -42,8 +42,7 @@ def utc_datetime(ts: float) -> datetime:
 # Statements are built once: SQLAlchemy then computes each one's cache key once, which makes an
 # execution about three times cheaper than building the statement on every call.
 _SELECT_MODELS: Final = Prepared(select(s.models))
-_SELECT_META: Final = select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key"))
-_SELECT_META_FAST: Final = Prepared(_SELECT_META)
+_SELECT_META: Final = Prepared(select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key")))
 _HELD: Final = Prepared(
     select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
         s.leases.c.provider, s.leases.c.model
@@ -63,7 +62,6 @@ _TICKET_EXISTS: Final = Prepared(
 _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
 _INSERT_TICKET: Final = insert(s.waiters)
-_DELETE_TICKET: Final = delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id"))
 _RELEASE: Final = Prepared(
     delete(s.leases).where(
         (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
@@ -207,7 +205,7 @@ def read_meta(conn: Connection) -> dict[str, str]:
 
 def max_agents(conn: Connection) -> int:
     """The global cap in force (the last config written wins)."""
-    value = _SELECT_META_FAST.scalar(conn, {"meta_key": s.META_MAX_AGENTS})
+    value = _SELECT_META.scalar(conn, {"meta_key": s.META_MAX_AGENTS})
     return int(value) if value is not None else DEFAULT_MAX_AGENTS
 
 
@@ -252,7 +250,7 @@ def write_config(
 
 def stored_fingerprint(conn: Connection) -> str | None:
     """The fingerprint of the config last written to the database."""
-    value = conn.execute(_SELECT_META, {"meta_key": s.META_FINGERPRINT}).scalar()
+    value = _SELECT_META.scalar(conn, {"meta_key": s.META_FINGERPRINT})
     return None if value is None else str(value)
 
 
