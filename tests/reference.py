@@ -14,9 +14,14 @@ The rules, as the README states them:
 - Fallback order: the primary; the chain (skipping repeats); configured non-CLI models of the
   same tier or one lower, with tool use if the primary has it; each CLI provider's first model,
   checked for tool use only.
-- Fairness: a request may take a slot of K only if K's free slots exceed the waiters of K ahead
-  of it (a fresh request is behind every waiter); the global cap only if its free slots exceed
-  the waiters ahead whose own model has room.
+- Fairness, as a walk of the queue (``Reference.walk``): take the tickets oldest first, with
+  each model's free slots and the global cap's free slots in hand. A ticket is admitted when its
+  model has a slot left and the cap has a slot left, after the admissions of the tickets before
+  it; an admitted ticket takes one of each, a refused one takes nothing. A request is admitted
+  where the walk of the tickets queued before it (all of them for a fresh request, which is
+  behind every waiter) leaves a slot of its model and of the cap. (The README states the same
+  rule over counts: K's free slots must exceed the waiters of K ahead, the cap's free slots the
+  waiters ahead whose own model has room; the walk is written so as not to copy that formula.)
 - A claim that cannot grant the primary first reclaims expired leases and tickets and those of
   dead holders, then decides again.
 """
@@ -168,10 +173,6 @@ class Reference:
         """Leases per model."""
         return Counter(lease.key for lease in self.leases.values())
 
-    def ahead(self, ticket: int | None) -> Counter[ModelKey]:
-        """Waiters per model queued before ``ticket`` (all of them for a fresh request)."""
-        return Counter(t.key for tid, t in self.tickets.items() if ticket is None or tid < ticket)
-
     def candidates(
         self, primary: ModelKey, chain: Iterable[ModelKey]
     ) -> list[tuple[ModelKey, str, bool]]:
@@ -203,15 +204,36 @@ class Reference:
                 out.append((row.key, "cli", row.tools or not want.tools))
         return out
 
+    def walk(self, before: int | None = None) -> tuple[list[int], dict[ModelKey, int], int]:
+        """Walk the queue oldest first, up to ``before`` (the whole queue for None).
+
+        Returns the tickets admitted, in order, and the slots left after them: per model, and
+        under the global cap. A ticket is admitted when its model and the cap both still have a
+        slot after the tickets admitted before it; it then takes one of each. A ticket whose
+        model has no row has no slot to take and is passed over.
+        """
+        held = self.held()
+        model_left = {key: row.limit - held[key] for key, row in self.rows.items()}
+        cap_left = self.cap - len(self.leases)
+        admitted: list[int] = []
+        for tid in sorted(self.tickets):
+            if before is not None and tid >= before:
+                break
+            key = self.tickets[tid].key
+            if key in model_left and model_left[key] > 0 and cap_left > 0:
+                admitted.append(tid)
+                model_left[key] -= 1
+                cap_left -= 1
+        return admitted, model_left, cap_left
+
     def admits(self, key: ModelKey, ticket: int | None) -> tuple[bool, bool]:
-        """(the model has room, the global cap has room) for a request holding ``ticket``."""
-        held, ahead = self.held(), self.ahead(ticket)
+        """(the model has room, the global cap has room) for a request holding ``ticket``.
 
-        def free(k: ModelKey) -> int:
-            return self.rows[k].limit - held[k]
-
-        usable = sum(min(n, max(free(k), 0)) for k, n in ahead.items() if k in self.rows)
-        return free(key) > ahead[key], self.cap - len(self.leases) > usable
+        The request stands behind the tickets queued before its own (behind all of them when
+        it has none): the walk of those leaves it a slot of ``key`` and of the cap, or not.
+        """
+        _, model_left, cap_left = self.walk(ticket)
+        return model_left[key] > 0, cap_left > 0
 
     def decide(
         self, primary: ModelKey, chain: Iterable[ModelKey], *, fallback: bool, ticket: int | None
