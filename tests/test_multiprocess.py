@@ -88,6 +88,7 @@ models = ["glm-5", "glm-4.7", "glm-4.7-flash"]
 """
 
 LIMITS = {"zai/glm-5": 2, "zai/glm-4.7": 1, "zai/glm-4.7-flash": 2}
+FLASH = ModelKey("zai", "glm-4.7-flash")
 
 
 @pytest.fixture
@@ -214,7 +215,13 @@ def test_same_pid_with_another_start_time_counts_as_dead(
     holder = spawn("hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7")
     expect_line(holder, "HELD")
     with Limiter(db, config=load_config(config_file)) as limiter:
-        assert not isinstance(limiter.acquire_with_fallback("zai/glm-4.7"), Acquired) or True
+        # While its start time matches, the live holder keeps the slot: the claim (which reaps
+        # what is provably dead before falling back) must go to the fallback.
+        outcome = limiter.acquire_with_fallback("zai/glm-4.7")
+        assert isinstance(outcome, Acquired), outcome
+        assert (outcome.lease.key, outcome.lease.via) == (FLASH, "capability")
+        outcome.lease.release()
+        assert table(db, "select holder, model from leases") == [("holder", "glm-4.7")]
         with sqlite3.connect(db) as conn:  # the PID now "belongs" to a process started later
             conn.execute("update leases set pid_start = pid_start + 1 where holder = 'holder'")
         lease = limiter.acquire_wait("zai/glm-4.7", timeout=10)
