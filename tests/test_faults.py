@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from collet_limiter import (
 )
 
 from .conftest import make_config
+from .flocks import flock_waiters
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -236,16 +238,40 @@ def test_a_database_replaced_by_a_file_that_is_not_one_is_a_clear_error(tmp_path
 def test_closing_a_limiter_whose_database_was_deleted_gives_back_its_leases(
     tmp_path: Path,
 ) -> None:
-    """close() notices the new file and gives back there (before 4055aaf it raised "closed")."""
+    """close() gives back in the new file the leases it carried there (before 4055aaf it raised
+    "closed": close marked the limiter closed, then its write noticed the new file and refused).
+    """
     db = tmp_path / "limiter.db"
     limiter = Limiter(db, config=MANY)
-    limiter.acquire("p/m")
+    ours = [limiter.acquire("p/m"), limiter.acquire("p/m")]
+    for path in tmp_path.glob("limiter.db*"):
+        if path.suffix != ".lock":
+            path.unlink()
+    with Limiter(db, config=MANY) as newcomer:  # the next process creates a new file
+        theirs = newcomer.acquire("p/m")
+        limiter.renew()  # what its heartbeat does within TTL/3: it re-registers in the new file
+        tokens = {lease.token for lease in (*ours, theirs)}
+        assert set(rows(db, "SELECT token FROM leases")) == {(token,) for token in tokens}
+        limiter.close()
+        assert all(lease.released and not lease.lost for lease in ours)
+        assert rows(db, "SELECT token FROM leases") == [(theirs.token,)], "only ours went"
+        theirs.release()
+
+
+def test_closing_a_limiter_whose_database_was_deleted_creates_no_new_one(
+    tmp_path: Path,
+) -> None:
+    """With nothing at the path, our rows went with the deleted file: close() says nothing,
+    writes nothing, and never creates a database just to close."""
+    db = tmp_path / "limiter.db"
+    limiter = Limiter(db, config=MANY)
+    lease = limiter.acquire("p/m")
     for path in tmp_path.glob("limiter.db*"):
         if path.suffix != ".lock":
             path.unlink()
     limiter.close()
-    if db.exists():
-        assert rows(db, "SELECT count(*) FROM leases") == [(0,)]
+    assert lease.released
+    assert sorted(path.name for path in tmp_path.glob("limiter.db*")) == ["limiter.db.lock"]
 
 
 # --- the disk full ---------------------------------------------------------------------------
@@ -594,36 +620,50 @@ def test_a_renewal_racing_a_release_does_not_call_the_released_lease_lost(
     """The heartbeat took its list of leases just before the holder released one.
 
     Found by the soak (a "lease N was lost" warning right after a clean release; fixed in
-    4055aaf). The interleaving is forced by holding the limiter's write turn while the
-    release's own steps run.
+    4055aaf). The interleaving is forced through the writer lock (``<db>.lock``), held here as
+    another process would hold it: the release waits for it first, then the renewal lists the
+    lease (still held) and queues behind the release, which deletes the row before the renewal
+    writes.
     """
     db = tmp_path / "limiter.db"
     with Limiter(db, config=MANY) as limiter:
         lease = limiter.acquire("p/m")
-        limiter._write_lock.acquire()  # a writer of this process is busy
-        renewal = threading.Thread(target=limiter.renew)
-        renewal.start()  # it lists the leases, then waits for the write turn
-        wait_until(lambda: _in_write(renewal), "the renewal to wait for its turn")
-        # The holder's release, step by step as Lease.release does it, in between:
-        assert lease._begin_release()
-        with limiter._lock:
-            limiter._leases.pop(lease.token, None)  # keyed by token since 8368682
-        with limiter._connection() as conn:
-            assert limiter._core.release(conn, lease.id, lease.token)
-        limiter._write_lock.release()
+        lock_path = Path(f"{db}.lock")
+        lock = os.open(lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            release = threading.Thread(target=lease.release)
+            release.start()
+            wait_until(
+                lambda: flock_waiters(lock_path) == [os.getpid()],
+                "the release to wait for the writer lock",
+            )
+            renewed: list[list[Any]] = []
+            renewal = threading.Thread(target=lambda: renewed.append(limiter.renew()))
+            renewal.start()
+            wait_until(lambda: _blocked_inside_renew(renewal), "the renewal to wait its turn")
+        finally:
+            os.close(lock)  # lets the release write, then the renewal
+        release.join(TIMEOUT)
         renewal.join(TIMEOUT)
+        assert not release.is_alive() and not renewal.is_alive()
+        assert rows(db, "SELECT count(*) FROM leases") == [(0,)]
+        assert lease.released
+        assert renewed == [[]], "the renewal reported the released lease lost"
         assert not lease.lost, "a lease released cleanly was reported lost"
         assert not [r for r in caplog.records if "was lost" in r.getMessage()]
 
 
-def _in_write(thread: threading.Thread) -> bool:
-    """Whether ``thread`` has listed its leases and entered the write (where it now blocks)."""
+def _blocked_inside_renew(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is in ``Limiter.renew`` below its first line (it has listed the leases
+    it renews: the list is its first step) and waits there in something renew called."""
     frame = sys._current_frames().get(thread.ident or -1)
-    names = []
+    depth = 0
     while frame is not None:
-        names.append(frame.f_code.co_name)
-        frame = frame.f_back
-    return "_write" in names
+        if frame.f_code is Limiter.renew.__code__:
+            return depth > 0
+        frame, depth = frame.f_back, depth + 1
+    return False
 
 
 # --- a second config -------------------------------------------------------------------------
