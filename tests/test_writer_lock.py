@@ -14,6 +14,7 @@ from collet_limiter._files import Sharing
 from collet_limiter._wake import WriterLock
 
 from .cli_helpers import wait_until
+from .flocks import flock_waiters
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -68,8 +69,12 @@ def handed_over(lock: WriterLock, holder: subprocess.Popen[str]) -> bool:
     outcome: list[bool] = []
     waiter = threading.Thread(target=lambda: outcome.append(lock.acquire(30)))
     waiter.start()
-    time.sleep(0.1)
-    assert not outcome  # still waiting behind the other process
+    # Queued in flock behind the other process (the kernel says so): it had its chance to take
+    # the lock, and must not have returned.
+    wait_until(
+        lambda: flock_waiters(lock.path) == [os.getpid()], what="the acquire to queue in flock"
+    )
+    assert not outcome
     let_go(holder)
     waiter.join(timeout=30)
     return outcome == [True]
