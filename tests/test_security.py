@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grp
-import logging
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -76,15 +75,3 @@ def test_a_shared_sticky_directory_like_tmp_is_accepted(tmp_path: Path) -> None:
     sticky.mkdir()
     sticky.chmod(0o1777)
     Limiter(sticky / "limiter.db").close()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file away")
-def test_a_database_owned_by_someone_else_is_used_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    db = tmp_path / "limiter.db"
-    Limiter(db).close()
-    os.chown(db, 65534, -1)  # nobody
-    caplog.set_level(logging.WARNING, logger="collet_limiter")
-    Limiter(db).close()
-    assert "belongs to uid 65534" in caplog.text

@@ -5,15 +5,26 @@ created owner-only by default: the directory 0700, the database and its lock fil
 gives the ``-wal`` and ``-shm`` files the database's mode). With ``[limiter] group`` set, they
 are shared with that group instead: the directory 2770 (setgid, so new files inherit the group),
 the files 0660. A directory that every user may write without the sticky bit is refused, since
-anyone could swap the database for their own; a database owned by another user is used with a
-warning, since that user decides everyone's limits.
+anyone could swap the database for their own.
+
+Every file of the database (the database, its ``-wal`` and ``-shm``, and ``<db>.lock``) must
+belong to the user opening it, or, with ``[limiter] group``, to a member of that group and carry
+the group's gid. Whoever owns one of them can stall or steer every limiter on the database: in a
+sticky shared directory such as ``/tmp`` another user can create ``limiter.db.lock`` or
+``limiter.db-wal`` before us and hold a lock on it or feed SQLite a log of their own. Such a file
+is refused before SQLite opens anything, and left as it is. (What is not closed: SQLite itself
+creates the ``-wal`` and ``-shm`` when it opens the database and deletes them when its last
+connection closes; a file planted in the moment between our check and that open is not seen.
+A private directory, the default, has no such moment.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import errno
+import functools
 import os
+import pwd
 import sqlite3
 import stat
 from dataclasses import dataclass
@@ -27,8 +38,6 @@ from ._errors import (
     DatabaseUnavailableError,
     translate_driver_errors,
 )
-
-log: Final = logging.getLogger("collet_limiter")
 
 # Filesystems on which SQLite's WAL mode (shared memory, POSIX locks) is unsafe.
 NETWORK_FILESYSTEMS: Final = frozenset(
@@ -71,11 +80,146 @@ class Sharing:
             ) from None
 
 
+def database_files(path: Path) -> tuple[Path, Path, Path, Path]:
+    """The files of the database at ``path``: itself, SQLite's ``-wal`` and ``-shm``, the lock."""
+    return (
+        path,
+        path.with_name(path.name + "-wal"),
+        path.with_name(path.name + "-shm"),
+        path.with_name(path.name + ".lock"),
+    )
+
+
+def user_name(uid: int) -> str:
+    """``name (uid N)``, or ``uid N`` for a uid with no account."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+@functools.lru_cache(maxsize=256)
+def group_member(uid: int, gid: int) -> bool:
+    """Whether the user ``uid`` belongs to the group ``gid`` (as primary or listed member).
+
+    Cached: the account databases may be remote (NSS, LDAP), and this is asked per sender of a
+    wake-up. A change of membership is seen by processes started after it.
+    """
+    import grp
+
+    try:
+        account = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if account.pw_gid == gid:
+        return True
+    try:
+        return account.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+
+
+def trusted_owner(uid: int, gid: int, sharing: Sharing) -> bool:
+    """Whether a file owned by ``uid``:``gid`` may be a file of our database."""
+    if uid == os.geteuid():
+        return True
+    if not sharing.group:
+        return False
+    shared = sharing.gid()
+    return gid == shared and group_member(uid, shared)
+
+
+def check_owner(db: Path, file: Path, info: os.stat_result, sharing: Sharing) -> None:
+    """Refuse ``file`` (one of ``db``'s files, described by ``info``) if another user owns it."""
+    if trusted_owner(info.st_uid, info.st_gid, sharing):
+        return
+    if sharing.group:
+        whose = (
+            f"{file} belongs to {user_name(info.st_uid)} with gid {info.st_gid}, not to a "
+            f"member of [limiter] group {sharing.group!r} with that group"
+        )
+    else:
+        whose = f"{file} belongs to {user_name(info.st_uid)}, not to you"
+    raise DatabaseUnavailableError(
+        f"refusing database {db}: {whose}, and whoever owns a file of the database can stall or "
+        "steer every limiter using it; have that file removed (only its owner or root can "
+        "remove it from a sticky directory such as /tmp) or choose another --db path",
+        path=str(db),
+        file=str(file),
+        owner=info.st_uid,
+        reason="file owned by another user",
+    )
+
+
+def linked_lock(db: Path, path: Path) -> DatabaseUnavailableError:
+    """The error for a lock file ``path`` that is a symbolic link."""
+    return DatabaseUnavailableError(
+        f"refusing database {db}: its lock file {path} is a symbolic link, which someone may "
+        "have planted to make you lock another file; remove the link or choose another --db path",
+        path=str(db),
+        file=str(path),
+        reason="lock file is a symbolic link",
+    )
+
+
+def check_files(path: Path, sharing: Sharing) -> None:
+    """Refuse the database if any of its files that exist belongs to another user.
+
+    A symbolic link is judged by its own owner and by its target's: a link someone else planted
+    is refused even when it points at one of our files. The lock file may not be a link at all
+    (``open_lock_file`` refuses one too, but by then SQLite may have made the ``-wal``).
+    """
+    files = database_files(path)
+    for file in files:
+        try:
+            info = file.lstat()
+        except FileNotFoundError:
+            continue
+        check_owner(path, file, info, sharing)
+        if stat.S_ISLNK(info.st_mode) and file == files[-1]:
+            raise linked_lock(path, file)
+        if stat.S_ISLNK(info.st_mode):
+            with contextlib.suppress(FileNotFoundError):  # dangling: SQLite reports it
+                check_owner(path, file, file.stat(), sharing)
+
+
+def open_lock_file(db: Path, path: Path, sharing: Sharing) -> int:
+    """Open ``db``'s lock file ``path`` for ``flock``; refuse a link, a non-file, a foreign owner.
+
+    ``O_NOFOLLOW`` because a link planted as the lock file would make us create, lock, or keep
+    open a file of someone else's choosing; the owner is checked on the open descriptor, so the
+    file cannot be swapped between the check and the use.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise linked_lock(db, path) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DatabaseUnavailableError(
+                f"refusing database {db}: its lock file {path} is not a regular file; remove it "
+                "or choose another --db path",
+                path=str(db),
+                file=str(path),
+                reason="lock file is not a regular file",
+            )
+        check_owner(db, path, info, sharing)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def create_file(path: Path, sharing: Sharing) -> bool:
     """Create ``path`` with the sharing's mode and group; False when it already existed.
 
     The mode is set explicitly, so the umask cannot loosen or tighten it. ``O_EXCL`` makes
-    exactly one of many processes starting at once the creator.
+    exactly one of many processes starting at once the creator, and never follows a link (an
+    existing link is an existing file). A file that existed is not checked here: its opener
+    checks it (``check_files``, ``open_lock_file``).
     """
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, sharing.file_mode)
@@ -98,7 +242,7 @@ def _make_directory(directory: Path, sharing: Sharing) -> None:
 
 
 def check_location(path: Path) -> None:
-    """Refuse a directory anyone can swap files in; warn about a database someone else owns."""
+    """Refuse a directory anyone can swap files in."""
     directory = path.parent
     info = directory.stat()
     if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
@@ -108,19 +252,13 @@ def check_location(path: Path) -> None:
             path=str(path),
             reason="world-writable directory",
         )
-    with contextlib.suppress(FileNotFoundError):
-        owner = path.stat().st_uid
-        if owner != os.geteuid():
-            log.warning(
-                "database %s belongs to uid %d, not to you: whoever can write it decides the "
-                "limits of every process that uses it",
-                path,
-                owner,
-            )
 
 
 def prepare_database(path: Path, *, create_dir: bool, sharing: Sharing) -> None:
     """Make sure the database file exists, with the sharing's permissions when we create it.
+
+    Refuses, before SQLite opens anything, a database any of whose files belongs to another
+    user (``check_files``).
 
     ``create_dir`` makes the parent directory when missing; it is set for the default path only,
     since a missing directory in a path the user chose is more likely a typo.
@@ -137,6 +275,7 @@ def prepare_database(path: Path, *, create_dir: bool, sharing: Sharing) -> None:
                 )
             _make_directory(parent, sharing)
         check_location(path)
+        check_files(path, sharing)
         if path.exists():
             if path.is_dir():
                 raise DatabaseUnavailableError(

@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Final
 
-from ._files import Sharing, create_file
+from ._files import Sharing, create_file, open_lock_file
 from ._identity import forget_alive, process_start
 
 if TYPE_CHECKING:
@@ -194,8 +194,10 @@ class WriterLock:
 
     def __init__(self, db: Path, sharing: Sharing) -> None:
         self.path = db.with_name(db.name + ".lock")
+        self._db, self._sharing = db, sharing
         create_file(self.path, sharing)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        # Refuses a link, or a file another user made (who could hold it locked forever).
+        self._fd = open_lock_file(db, self.path, sharing)
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
         self._held = -1  # the descriptor whose lock the caller holds
@@ -210,8 +212,8 @@ class WriterLock:
             if self._try(self._fd):
                 self._held = self._fd
                 return True
-            self._wanted = True
             self._start_helper()
+            self._wanted = True
             self._cond.notify_all()
             deadline = time.monotonic() + timeout
             while self._held < 0 and not self._closed:
@@ -273,7 +275,7 @@ class WriterLock:
         if helper_alive(self._helper):
             return
         if self._helper_fd < 0:
-            self._helper_fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            self._helper_fd = open_lock_file(self._db, self.path, self._sharing)
         self._helper = threading.Thread(
             target=self._wait_for_lock,
             args=(self._helper_fd,),
