@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
@@ -146,6 +148,52 @@ def create_sqlite_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
         connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
     )
     event.listen(engine, "connect", _on_connect(busy_timeout_ms))
+    event.listen(engine, "begin", _on_begin)
+    return engine
+
+
+def create_sqlite_inspect_engine(
+    target: Target, *, busy_timeout_ms: int, writable: bool = False
+) -> Engine:
+    """An engine on an existing SQLite file that leaves its setup alone, for ``Inspector``.
+
+    Unlike ``create_sqlite_engine`` it never changes the journal mode (nor any other persistent
+    setting) and never creates the file (``mode=rw``: a missing file is an error). Its
+    connections are ``query_only`` unless ``writable``, so SQLite itself refuses a write.
+
+    Not ``mode=ro``, although that also opens a WAL file whose ``-shm`` is absent: SQLite then
+    creates the ``-wal`` and ``-shm`` companions, and a read-only connection cannot remove them
+    when it closes, so every look would leave them behind. A read-write connection that only
+    reads removes them when it is the last to close, as any other SQLite reader does
+    (https://www.sqlite.org/wal.html#the_wal_file). A file the process may not write is still
+    opened, read-only (SQLite falls back by itself).
+    """
+    assert target.path is not None, "only SQLite files are inspected"
+    uri = f"file:{quote(str(target.path))}?mode=rw"
+    timeout = busy_timeout_ms / 1000
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (module docstring)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if not writable:
+                cursor.execute("PRAGMA query_only = ON")
+        finally:
+            cursor.close()
+
+    engine = create_engine(
+        "sqlite+pysqlite://",
+        creator=connect,
+        poolclass=QueuePool,
+        pool_size=2,
+        max_overflow=-1,
+        pool_reset_on_return=None,  # every transaction ends in COMMIT or ROLLBACK, as above
+    )
+    event.listen(engine, "connect", configure)
     event.listen(engine, "begin", _on_begin)
     return engine
 

@@ -5,17 +5,19 @@ because it is about to take permits under that config. Something that only looks
 status``, ``watch``, a dashboard) must not: an operator checking the status without the agents'
 config at hand would otherwise reset every model's limit to the built-in defaults for every
 process. An ``Inspector`` opens a database that exists and has the current schema, and runs the
-same read transactions as ``Limiter`` (they live in ``Core``); ``reap`` is its only write.
+same read transactions as ``Limiter`` (they live in ``Core``) on connections that SQLite keeps
+from writing (``query_only``) and that leave the journal mode as they find it. ``reap`` is its
+only write, and takes its turn like every other writer: the ``flock`` on ``<db>.lock`` first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING
 
 from ._core import Core
-from ._doctor import probe
-from ._engine import create_sqlite_engine
+from ._engine import create_sqlite_inspect_engine, read_transaction
 from ._errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -26,6 +28,7 @@ from ._errors import (
 )
 from ._migrate import known_revisions
 from ._schema import SCHEMA_REVISION
+from ._wake import WriterLock
 
 if TYPE_CHECKING:
     import os
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
 
 
-def _check_schema(path: Path) -> None:
+def _check_exists(path: Path) -> None:
     display = str(path)
     if not path.exists():
         raise DatabaseUnavailableError(
@@ -55,7 +58,20 @@ def _check_schema(path: Path) -> None:
             path=display,
             reason="not a file",
         )
-    revision = probe(path).revision
+
+
+def _stored_revision(conn: Connection) -> str | None:
+    """The schema revision recorded in the database; None without a collet-limiter schema."""
+    with read_transaction(conn):
+        if not conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+        ).first():
+            return None
+        revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    return None if revision is None else str(revision)
+
+
+def _check_schema(display: str, revision: str | None) -> None:
     if revision is None:
         raise StorageError(
             f"{display} holds no collet-limiter schema: 'collet-limiter init' creates it (if it "
@@ -88,7 +104,13 @@ class Inspector:
     exists and has the current schema (else a ``StorageError`` saying what to run), and creates,
     migrates and writes nothing: the limits shown are those in the database, whatever config
     this process has. ``config`` only matters to ``explain`` for keys the database does not
-    list yet. ``reap`` is the one write. Thread-safe; close it (or use ``with``) when done.
+    list yet. The reads never change the file's journal mode, and SQLite refuses any write on
+    their connections (``query_only``). As with any SQLite reader, a WAL database's ``-wal`` and
+    ``-shm`` files exist while it is open and are removed by the last connection to close.
+
+    ``reap`` is the one write: it waits for the writer lock (``<db>.lock``, created if missing)
+    up to the busy timeout, as ``Limiter`` does, then raises ``DatabaseBusyError``.
+    Thread-safe; close it (or use ``with``) when done.
     """
 
     def __init__(
@@ -108,11 +130,23 @@ class Inspector:
                 f"{core.display}: only SQLite databases can be inspected by this version",
                 path=core.display,
             )
-        _check_schema(path)
-        self._engine: Engine = create_sqlite_engine(
+        _check_exists(path)
+        self._path = path
+        self._engine: Engine = create_sqlite_inspect_engine(
             core.target, busy_timeout_ms=core.busy_timeout_ms
         )
         self._closed = False
+        # reap's own writable connection and writer lock, made on its first call
+        self._write_lock = threading.Lock()
+        self._write_engine: Engine | None = None
+        self._writer: WriterLock | None = None
+        try:
+            with self._connection() as conn:
+                revision = _stored_revision(conn)
+            _check_schema(core.display, revision)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def db(self) -> str:
@@ -149,22 +183,48 @@ class Inspector:
             return self._core.explain(conn, primary, fallback_chain)
 
     def reap(self) -> list[Reaped]:
-        """Remove expired leases and tickets and those of provably dead holders, now."""
-        with self._connection() as conn:
-            return self._core.reap(conn)
+        """Remove expired leases and tickets and those of provably dead holders, now.
+
+        Takes the writer lock first, as every writer does; ``DatabaseBusyError`` if another
+        process keeps it beyond the busy timeout.
+        """
+        core = self._core
+        with self._write_lock:
+            if self._closed:
+                raise LimiterClosedError(f"Inspector on {core.display} is closed")
+            if self._writer is None:
+                self._writer = WriterLock(self._path, core.sharing)
+            if self._write_engine is None:
+                self._write_engine = create_sqlite_inspect_engine(
+                    core.target, busy_timeout_ms=core.busy_timeout_ms, writable=True
+                )
+            if not self._writer.acquire(core.busy_timeout_ms / 1000):
+                raise core.writer_busy()
+            try:
+                with self._connection(self._write_engine) as conn:
+                    return core.reap(conn)
+            finally:
+                self._writer.release()
 
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[Connection]:
+    def _connection(self, engine: Engine | None = None) -> Iterator[Connection]:
         if self._closed:
             raise LimiterClosedError(f"Inspector on {self._core.display} is closed")
-        with translate_driver_errors(self._core.display), self._engine.connect() as conn:
+        engine = engine or self._engine
+        with translate_driver_errors(self._core.display), engine.connect() as conn:
             yield conn
 
     def close(self) -> None:
-        """Close the database connections. Idempotent."""
-        if not self._closed:
+        """Close the database connections (and the lock file, if ``reap`` opened it). Idempotent."""
+        with self._write_lock:
+            if self._closed:
+                return
             self._closed = True
             self._engine.dispose()
+            if self._write_engine is not None:
+                self._write_engine.dispose()
+            if self._writer is not None:
+                self._writer.close()
 
     def __enter__(self) -> Inspector:
         return self
