@@ -12,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import grp
 import hashlib
+import logging
 import os
+import selectors
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +27,9 @@ import pytest
 from collet_limiter import DatabaseUnavailableError, Limiter
 from collet_limiter._files import Sharing
 from collet_limiter._wake import (
+    WakeSocket,
     WriterLock,
+    notify,
 )
 
 from .conftest import make_config
@@ -216,3 +222,79 @@ def test_with_a_shared_group_a_file_without_the_groups_gid_is_refused(tmp_path: 
     with pytest.raises(DatabaseUnavailableError) as caught:
         Limiter(db, config=shared).close()
     assert str(caught.value) == render(FOREIGN_IN_GROUP, db, lock)
+
+
+# --- wake-ups from other users ---------------------------------------------------------------
+
+SEND_AS = """
+import os, socket, struct, sys
+os.setgid(int(sys.argv[2]))
+os.setuid(int(sys.argv[1]))
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.sendto(struct.pack("!q", int(sys.argv[4])), b"\\0" + sys.argv[3].encode())
+"""
+
+
+def send_as(uid: int, gid: int, address: str, ticket: int) -> None:
+    """A process of user ``uid`` (group ``gid``) sends ``ticket`` to the wake socket."""
+    subprocess.run(
+        [sys.executable, "-c", SEND_AS, str(uid), str(gid), address, str(ticket)],
+        check=True,
+        timeout=TIMEOUT,
+    )
+
+
+def drain_until(wake: WakeSocket, ticket: int) -> set[int]:
+    """Every ticket drained until ``ticket`` arrives (datagrams are queued in send order)."""
+    received: set[int] = set()
+    with selectors.DefaultSelector() as selector:
+        selector.register(wake.fileno(), selectors.EVENT_READ)
+        deadline = time.monotonic() + TIMEOUT
+        while ticket not in received:
+            assert selector.select(deadline - time.monotonic()), f"ticket {ticket} never came"
+            received |= wake.drain()
+    return received
+
+
+@ROOT_ONLY
+def test_a_wake_up_forged_by_another_user_is_dropped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="collet_limiter")
+    wake = WakeSocket()
+    try:
+        assert wake.address is not None
+        send_as(NOBODY, NOBODY, wake.address, 666)  # sent, and queued, before ours
+        notify([(wake.address, 7)])
+        assert drain_until(wake, 7) == {7}
+        assert wake.rejected == 1
+        assert f"wake socket {wake.address}: dropped a datagram from pid" in caplog.text
+        assert f"uid {NOBODY} gid {NOBODY} (not this user)" in caplog.text
+    finally:
+        wake.close()
+
+
+@ROOT_ONLY
+def test_with_a_shared_group_only_wake_ups_from_the_group_are_taken() -> None:
+    wake = WakeSocket(sharing=Sharing("nogroup"))
+    try:
+        assert wake.address is not None
+        send_as(DAEMON, DAEMON, wake.address, 13)  # another user, outside the group
+        send_as(NOBODY, NOBODY, wake.address, 5)  # a member of nogroup
+        assert drain_until(wake, 5) == {5}
+        assert wake.rejected == 1
+    finally:
+        wake.close()
+
+
+def test_wake_datagrams_are_received_with_their_senders_credentials() -> None:
+    """Runs as any user: our own datagrams pass, and the socket asks for credentials."""
+    wake = WakeSocket()
+    try:
+        assert wake.address is not None and wake._sock is not None
+        assert wake._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) == 1
+        notify([(wake.address, 42)])
+        assert drain_until(wake, 42) == {42}
+        assert wake.rejected == 0
+    finally:
+        wake.close()

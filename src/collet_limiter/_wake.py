@@ -7,6 +7,13 @@ database stays the truth and a missed wake-up only costs latency until the next 
   recorded in its waiters' tickets. A transaction that frees room computes which waiters a claim
   would now admit and, after commit, sends each one its ticket id. Processes in another network
   namespace cannot reach the socket; they fall back to polling ``PRAGMA data_version``.
+  Abstract names carry no permissions and are listed in the world-readable
+  ``/proc/net/unix``, so anyone on the host can send to one. A datagram is therefore only a
+  hint: the woken waiter claims in a transaction that re-reads the queue and grants only if its
+  turn has come, so a forged or replayed ticket id costs a claim attempt, never a slot. Even so
+  the socket takes datagrams only from this user (or root, or the shared group: see
+  ``WakeSocket``), by the sender's credentials, which the kernel attaches (only root can forge
+  them), so that other users cannot make waiters spin.
 - A pidfd per holder on this host (Linux 5.3+) becomes readable when that process exits, so a
   crashed holder's slot is reclaimed the moment it dies instead of at the next sweep.
 - An ``flock`` on ``<db>.lock`` serialises writers across processes in the kernel, which wakes
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -27,51 +35,83 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Final
 
-from ._files import Sharing, create_file, open_lock_file
+from ._files import Sharing, create_file, group_member, open_lock_file
 from ._identity import forget_alive, process_start
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
+log: Final = logging.getLogger("collet_limiter")
+
 _TICKET: Final = struct.Struct("!q")
+_UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # Beyond this many holders to watch, the rest are left to the periodic sweep.
 MAX_WATCHED: Final = 64
 
 
 class WakeSocket:
-    """The datagram socket a limiter's waiters are woken on."""
+    """The datagram socket a limiter's waiters are woken on.
 
-    def __init__(self) -> None:
+    It takes datagrams only from senders the kernel vouches for (``SO_PASSCRED``): this
+    process's user, root (who can rewrite the database anyway, so a datagram gives it nothing),
+    and, with ``sharing`` naming a ``[limiter] group``, any sender whose gid is that group's or
+    whose user is a member of it (the users the database is shared with). Others are dropped,
+    counted in ``rejected`` and logged at debug level. A datagram remains only a hint either
+    way: a woken waiter always re-reads the queue before it is granted anything.
+    """
+
+    def __init__(self, sharing: Sharing | None = None) -> None:
         self.address: str | None = None
+        self.rejected = 0  # datagrams dropped because of their sender
         self._sock: socket.socket | None = None
+        self._group = sharing.gid() if sharing is not None and sharing.group else -1
         if not hasattr(socket, "AF_UNIX"):
             return
         name = f"collet-limiter/{uuid.uuid4().hex}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
+            # Before the bind, so that no datagram can arrive without its sender's credentials.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.bind(b"\0" + name.encode())  # abstract namespace: Linux only
-        except OSError:
+        except (OSError, AttributeError):  # AttributeError: no SO_PASSCRED off Linux
             sock.close()
             return
         sock.setblocking(False)  # noqa: FBT003 - the socket API's own signature
         self._sock, self.address = sock, name
 
     def fileno(self) -> int:
-        """The socket's descriptor (for select and add_reader); -1 when there is none."""
+        """The socket's descriptor (for selectors and add_reader); -1 when there is none."""
         return self._sock.fileno() if self._sock is not None else -1
 
     def drain(self) -> set[int]:
-        """The ticket ids received since the last call."""
+        """The ticket ids received from trusted senders since the last call."""
         tickets: set[int] = set()
         while self._sock is not None:
             try:
-                data = self._sock.recv(64)
+                data, ancillary, _flags, _address = self._sock.recvmsg(
+                    64, socket.CMSG_SPACE(_UCRED.size)
+                )
             except (BlockingIOError, InterruptedError):
                 break
+            sender = _credentials(ancillary)
+            if sender is None or not self._trusted(*sender):
+                self.rejected += 1
+                log.debug(
+                    "wake socket %s: dropped a datagram from %s (not this user%s)",
+                    self.address,
+                    "pid {} uid {} gid {}".format(*sender) if sender else "an unknown sender",
+                    "" if self._group < 0 else " nor the shared group",
+                )
+                continue
             if len(data) == _TICKET.size:
                 tickets.add(_TICKET.unpack(data)[0])
         return tickets
+
+    def _trusted(self, _pid: int, uid: int, gid: int) -> bool:
+        if uid in (os.getuid(), os.geteuid(), 0):
+            return True
+        return self._group >= 0 and (gid == self._group or group_member(uid, self._group))
 
     def close(self) -> None:
         """Stop listening."""
@@ -97,6 +137,17 @@ class _Sender:
             # Gone, full or unreachable: the waiter's own polling covers it.
             with contextlib.suppress(OSError):
                 self._sock.sendto(_TICKET.pack(ticket), b"\0" + address.encode())
+
+
+def _credentials(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a datagram's sender from its ``SCM_CREDENTIALS``; None if absent."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            if len(data) < _UCRED.size:
+                return None
+            pid, uid, gid = _UCRED.unpack_from(data)
+            return pid, uid, gid
+    return None
 
 
 _sender = _Sender()
