@@ -9,12 +9,15 @@ real: files are given to ``nobody`` (uid 65534) with ``chown`` and senders are p
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import grp
 import hashlib
 import logging
 import os
+import resource
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -26,10 +29,14 @@ import pytest
 
 from collet_limiter import DatabaseUnavailableError, Limiter
 from collet_limiter._files import Sharing
+from collet_limiter._identity import process_start
 from collet_limiter._wake import (
+    MAX_WATCHED,
+    PidWatch,
     WakeSocket,
     WriterLock,
     notify,
+    watch_limit,
 )
 
 from .conftest import make_config
@@ -285,6 +292,100 @@ def test_with_a_shared_group_only_wake_ups_from_the_group_are_taken() -> None:
         assert wake.rejected == 1
     finally:
         wake.close()
+
+
+# --- watching many holders -------------------------------------------------------------------
+
+SLEEPERS = 80  # more than the 64 watched before 2026-12
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """80 real processes of this host, each reaped at the end."""
+    children = [subprocess.Popen(["sleep", "600"]) for _ in range(SLEEPERS)]
+    try:
+        yield children
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(timeout=TIMEOUT)
+
+
+def holders_of(children: list[subprocess.Popen[bytes]]) -> list[tuple[int, float]]:
+    holders = []
+    for child in children:
+        start = process_start(child.pid)
+        assert start is not None
+        holders.append((child.pid, start))
+    return holders
+
+
+def readable(fds: list[int], count: int) -> set[int]:
+    """Wait until ``count`` of the pidfds ``fds`` are readable (their processes exited)."""
+    with selectors.DefaultSelector() as selector:
+        for fd in fds:
+            selector.register(fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + TIMEOUT
+        ready: set[int] = set()
+        while len(ready) < count:
+            events = selector.select(deadline - time.monotonic())
+            assert events, f"only {len(ready)} of {count} exits seen"
+            ready |= {key.fd for key, _ in events}
+        return ready
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds (Linux 5.3+)")
+def test_more_than_64_holders_are_all_watched_and_each_exit_is_seen(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    holders = holders_of(sleepers)
+    watch = PidWatch()
+    try:
+        assert watch.max_watched >= SLEEPERS, "raise the soft open-files limit (ulimit -n)"
+        assert not watch.update(holders)
+        assert (len(watch.fds()), watch.complete) == (SLEEPERS, True)
+        gone = holders[-3:]  # the last ones, beyond the old cap of 64
+        for child in sleepers[-3:]:
+            child.send_signal(signal.SIGKILL)
+        exited = readable(watch.fds(), 3)
+        assert exited == {watch._fds[holder] for holder in gone}
+        watch.exited(exited)
+        watch.update(holders[:-3])
+        assert (len(watch.fds()), watch.complete) == (SLEEPERS - 3, True)
+    finally:
+        watch.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds (Linux 5.3+)")
+def test_a_watch_at_its_cap_says_it_is_incomplete(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    """So that its limiter keeps sweeping for the holders it does not watch."""
+    watch = PidWatch(max_watched=64)
+    try:
+        watch.update(holders_of(sleepers))
+        assert (len(watch.fds()), watch.complete) == (64, False)
+    finally:
+        watch.close()
+
+
+def test_the_watch_cap_is_a_quarter_of_the_open_files_limit_and_at_least_64() -> None:
+    assert [watch_limit(n) for n in (16, 256, 1024, 20_000)] == [64, 64, 256, 5_000]
+    assert watch_limit(10**9) == watch_limit(resource.RLIM_INFINITY) == MAX_WATCHED
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert PidWatch().max_watched == watch_limit(soft)
+
+
+def test_nothing_in_the_wake_module_uses_select_select() -> None:
+    """select.select cannot take a descriptor above 1023, and hundreds of pidfds reach there."""
+    tree = ast.parse((ROOT / "src" / "collet_limiter" / "_wake.py").read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "select" not in imported
 
 
 def test_wake_datagrams_are_received_with_their_senders_credentials() -> None:

@@ -15,7 +15,8 @@ database stays the truth and a missed wake-up only costs latency until the next 
   ``WakeSocket``), by the sender's credentials, which the kernel attaches (only root can forge
   them), so that other users cannot make waiters spin.
 - A pidfd per holder on this host (Linux 5.3+) becomes readable when that process exits, so a
-  crashed holder's slot is reclaimed the moment it dies instead of at the next sweep.
+  crashed holder's slot is reclaimed the moment it dies instead of at the next sweep. Up to a
+  quarter of the descriptor limit (``RLIMIT_NOFILE``) are watched; the rest are swept.
 - An ``flock`` on ``<db>.lock`` serialises writers across processes in the kernel, which wakes
   the next writer at once. Left to itself, SQLite's busy handler sleeps 1, 2, 5, 10 ... ms
   between retries, and those sleeps are the long tails of a contended acquire.
@@ -28,6 +29,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import socket
 import struct
 import threading
@@ -46,8 +48,22 @@ log: Final = logging.getLogger("collet_limiter")
 
 _TICKET: Final = struct.Struct("!q")
 _UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
-# Beyond this many holders to watch, the rest are left to the periodic sweep.
-MAX_WATCHED: Final = 64
+# At least this many holders are watched whatever the descriptor limit (the cap until 2026-12).
+MIN_WATCHED: Final = 64
+# And never more than this many, however high the limit is raised: each watch is a descriptor
+# and an entry in the watcher's poll set; 65,536 holders on one host is far beyond any use.
+MAX_WATCHED: Final = 1 << 16
+
+
+def watch_limit(soft_nofile: int) -> int:
+    """How many pidfds a watcher may hold under a soft ``RLIMIT_NOFILE`` of ``soft_nofile``.
+
+    A quarter of the limit leaves the rest to the database, sockets and the caller's own files;
+    the holders beyond it are left to the periodic sweep.
+    """
+    if soft_nofile == resource.RLIM_INFINITY or soft_nofile < 0:
+        return MAX_WATCHED
+    return min(MAX_WATCHED, max(MIN_WATCHED, soft_nofile // 4))
 
 
 class WakeSocket:
@@ -160,15 +176,27 @@ def notify(targets: Iterable[tuple[str, int]]) -> None:
 
 
 class PidWatch:
-    """Process-exit watches (pidfds) on this host's holders and waiters."""
+    """Process-exit watches (pidfds) on this host's holders and waiters.
 
-    def __init__(self) -> None:
+    At most ``max_watched`` at once (by default ``watch_limit`` of the soft descriptor limit:
+    a quarter of it, at least 64); ``complete`` is False while any holder is left unwatched, so
+    that the caller keeps sweeping for them.
+    """
+
+    def __init__(self, max_watched: int | None = None) -> None:
         self.supported = hasattr(os, "pidfd_open")
         self.complete = True  # every holder worth watching is watched
+        if max_watched is None:
+            max_watched = watch_limit(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self.max_watched = max_watched
         self._fds: dict[tuple[int, float], int] = {}
 
     def fds(self) -> list[int]:
-        """The descriptors to wait on; one becomes readable when its process exits."""
+        """The descriptors to wait on; one becomes readable when its process exits.
+
+        There may be hundreds, numbered above 1023: wait on them with ``selectors`` or
+        ``select.poll``, never ``select.select``, which cannot take such descriptors.
+        """
         return list(self._fds.values())
 
     def exited(self, fds: Iterable[int]) -> None:
@@ -189,7 +217,7 @@ class PidWatch:
             return False
         dead, unwatchable = False, 0
         for holder in sorted(wanted - self._fds.keys()):
-            if len(self._fds) >= MAX_WATCHED:
+            if len(self._fds) >= self.max_watched:
                 break
             fd = _open_pidfd(holder)
             if fd is None:
