@@ -231,6 +231,13 @@ def test_with_a_shared_group_a_file_without_the_groups_gid_is_refused(tmp_path: 
     assert str(caught.value) == render(FOREIGN_IN_GROUP, db, lock)
 
 
+def test_reliability_md_lists_each_refusal() -> None:
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    for message in (FOREIGN, FOREIGN_IN_GROUP, LINKED_LOCK):
+        shown = message.replace("<file>", "<db>.lock").replace("nobody (uid 65534)", "<user>")
+        assert shown in doc, f"docs/reliability.md does not list: {shown}"
+
+
 # --- wake-ups from other users ---------------------------------------------------------------
 
 SEND_AS = """
