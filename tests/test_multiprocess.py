@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +21,11 @@ import pytest
 from collet_limiter import Acquired, Limiter, ModelKey, load_config
 from collet_limiter._schema import SCHEMA_REVISION
 
+from .namespaces import NEW_PID_NAMESPACE, forked_child, needs_namespaces, pid_namespace
 from .observer import observe, observe_files, parse
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
 WORKER = str(Path(__file__).with_name("workers.py"))
 TIMEOUT = 60
@@ -33,12 +35,13 @@ Spawn = "Callable[..., subprocess.Popen[str]]"
 
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start worker processes; kill and reap any still running at the end."""
+    """Start worker processes (under ``prefix``, such as ``unshare``); kill and reap any still
+    running at the end."""
     children: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> subprocess.Popen[str]:
+    def start(*args: str, prefix: Sequence[str] = ()) -> subprocess.Popen[str]:
         child = subprocess.Popen(
-            [sys.executable, WORKER, *args],
+            [*prefix, sys.executable, WORKER, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -229,30 +232,39 @@ def test_same_pid_with_another_start_time_counts_as_dead(
         assert holder.poll() is None, "the holder is alive: only its start time differs"
 
 
-def test_a_holder_with_another_host_identity_is_reclaimed_only_by_expiry(
+@needs_namespaces
+def test_a_holder_in_another_pid_namespace_is_reclaimed_only_by_expiry(
     spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
 ) -> None:
-    holder = spawn(
-        "hold",
-        "--db",
-        str(db),
-        "--config",
-        str(config_file),
-        "--model",
-        "zai/glm-4.7",
-        "--ttl",
-        "1.5",
-    )
-    expect_line(holder, "HELD")
-    with sqlite3.connect(db) as conn:
-        conn.execute("update leases set host_id = 'another-boot:pid:[1]'")
-    holder.kill()
-    holder.wait(TIMEOUT)
+    """A real second PID namespace (``unshare --pid``) is another host identity: its PIDs mean
+    nothing here, so its dead holder's slot waits for the lease to expire, while a holder in
+    this namespace is proven dead at once."""
+    hold = ["hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7"]
     with Limiter(db, config=load_config(config_file), max_poll_interval=0.05) as limiter:
-        with pytest.raises(TimeoutError):
-            limiter.acquire_wait("zai/glm-4.7", timeout=0.3)  # dead, but not provably: other host
-        lease = limiter.acquire_wait("zai/glm-4.7", timeout=10)  # after the 1.5 s TTL
-        assert lease.via == "queue"
+        here = spawn(*hold, "--ttl", "60")
+        expect_line(here, "HELD")
+        (lease,) = limiter.leases()
+        assert (lease.pid, lease.holder_alive) == (here.pid, True)
+        here.kill()
+        here.wait(TIMEOUT)
+        limiter.acquire_wait("zai/glm-4.7", timeout=TIMEOUT).release()
+        assert datetime.now(UTC) < lease.expires_at, "reclaimed by proof of death, not expiry"
+
+        launcher = spawn(*hold, "--ttl", "2", prefix=NEW_PID_NAMESPACE)
+        expect_line(launcher, "HELD")
+        elsewhere = forked_child(launcher)
+        (lease,) = limiter.leases()
+        boot, namespace = lease.host_id.split(":", 1)
+        assert namespace == pid_namespace(elsewhere) != pid_namespace(os.getpid())
+        assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert (lease.pid, lease.holder_alive) == (1, None)  # its PID 1, unknowable here
+        os.kill(elsewhere, signal.SIGKILL)
+        launcher.wait(TIMEOUT)
+        (lease,) = limiter.leases()  # no heartbeat renews it any more: this expiry is final
+        granted = limiter.acquire_wait("zai/glm-4.7", timeout=TIMEOUT)
+        assert datetime.now(UTC) >= lease.expires_at, "reclaimed before its lease expired"
+        assert granted.via == "queue"
+        granted.release()
 
 
 def test_waiters_in_other_processes_are_served_in_arrival_order(

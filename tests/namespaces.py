@@ -1,0 +1,73 @@
+"""Real Linux namespaces for the tests: another PID namespace, another network namespace.
+
+A worker started under ``unshare`` is a real process in a real namespace, so what the limiter
+cannot see across the boundary (a PID, an abstract Unix socket) is really out of its sight.
+Making namespaces needs root (CI runs as root) and util-linux ``unshare``; without them the
+tests that use these skip and say why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+WORKER = str(Path(__file__).with_name("workers.py"))
+TIMEOUT = 60
+
+needs_namespaces = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and util-linux 'unshare' to make PID, network and mount namespaces",
+)
+
+# A new PID namespace (with its own /proc, so the worker sees its own PIDs); unshare forks the
+# worker as that namespace's PID 1, and --kill-child kills it if unshare itself dies.
+NEW_PID_NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+# A new network namespace: its abstract Unix sockets are apart from everyone else's. unshare
+# execs the worker itself, so the Popen's PID is the worker's.
+NEW_NET_NAMESPACE = ("unshare", "--net")
+
+
+def forked_child(launcher: subprocess.Popen[str]) -> int:
+    """The PID (as seen here) of the process ``unshare --fork`` started."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def pid_namespace(pid: int) -> str:
+    """The PID namespace of process ``pid``, as ``/proc`` names it (``pid:[inode]``)."""
+    return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+@contextlib.contextmanager
+def worker(*args: str, prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen[str]]:
+    """A ``tests/workers.py`` process started under ``prefix``; killed and reaped on the way out.
+
+    Killing an ``unshare --fork`` launcher kills its worker too (``--kill-child``).
+    """
+    child = subprocess.Popen(
+        [*prefix, sys.executable, WORKER, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(TIMEOUT)
+        for stream in (child.stdin, child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
