@@ -145,23 +145,38 @@ def test_acquire_wait_does_not_fall_back(open_limiter: Open, small_config: Confi
         limiter.acquire_wait(GLM5, timeout=0.05)
 
 
+def release_once_queued(db: Path, lease: Any) -> threading.Thread:
+    """Release ``lease`` from a thread once a ticket is queued: the waiter found it held."""
+
+    def release() -> None:
+        wait_for(lambda: rows(db, "select count(*) from waiters") == [(1,)])
+        lease.release()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    return thread
+
+
 def test_a_waiter_gets_the_slot_when_it_is_released(
-    open_limiter: Open, small_config: Config
+    open_limiter: Open, small_config: Config, db: Path
 ) -> None:
     limiter, other = open_limiter(small_config), open_limiter(small_config)
     held = other.acquire(GLM5)
-    timer = threading.Timer(0.1, held.release)
-    timer.start()
-    lease = limiter.acquire_wait(GLM5, timeout=5)
-    timer.join()
+    releaser = release_once_queued(db, held)
+    lease = limiter.acquire_wait(GLM5, timeout=30)
+    releaser.join(30)
     assert (lease.key, lease.via) == (GLM5, "queue")
+    assert held.released
 
 
-def test_acquire_queues_for_the_primary_when_every_candidate_is_full(open_limiter: Open) -> None:
+def test_acquire_queues_for_the_primary_when_every_candidate_is_full(
+    open_limiter: Open, db: Path
+) -> None:
     limiter = open_limiter(make_config(models=[{"name": "m", "concurrency_limit": 1}]))
     held, _other = limiter.acquire("p/m"), limiter.acquire("q/m")
-    threading.Timer(0.1, held.release).start()
-    lease = limiter.acquire("p/m", ["q/m"], timeout=5)
+    releaser = release_once_queued(db, held)
+    lease = limiter.acquire("p/m", ["q/m"], timeout=30)
+    releaser.join(30)
     assert (str(lease.key), lease.via) == ("p/m", "queue")
 
 
