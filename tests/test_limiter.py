@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -554,7 +555,11 @@ def test_a_deleted_database_file_is_recreated_with_the_leases_still_held(
 def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> None:
     """A release can commit between the claim that queued a ticket and that thread's
     registration with the watcher; the pushed ticket is kept for it. The backstop poll is set
-    to a minute, so only the push can wake the acquire below before its deadline."""
+    to a minute, so only the push can wake the acquire below before its deadline.
+
+    No public call stops a thread between its claim and its registration, so this test wraps
+    the one private step it must (``_register``); everything it checks is public.
+    """
     from collet_limiter import Limiter as SyncLimiter
 
     config = make_config(
@@ -564,16 +569,19 @@ def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> 
     )
     with SyncLimiter(db, config=config) as other, SyncLimiter(db, config=config) as waiting:
         blocker, held = other.acquire("p/x"), other.acquire("p/y")
-        # A first waiter keeps the watcher running, with a fresh look, so the next one's
-        # arrival causes no look of its own.
+        # A first waiter keeps the watcher running, so the next one's arrival causes no look
+        # of its own.
         first = threading.Thread(target=lambda: waiting.acquire_wait("p/x", timeout=120).release())
         first.start()
-        wait_for(lambda: len(waiting._waiters) == 1)
+        wait_for(lambda: len(waiting.waiters()) == 1)
+        ((address,),) = rows(db, "select wake_addr from waiters")
         register = waiting._register
 
         def release_then_register(request: Any) -> Any:
             held.release()  # pushes the new ticket before its thread is known to the watcher
-            time.sleep(0.2)  # the watcher drains the datagram meanwhile
+            # The datagram is in the watcher's socket once release() returns; the watcher
+            # has taken it when the socket's queue is empty again.
+            wait_for(lambda: queued_bytes(str(address)) == 0)
             return register(request)
 
         waiting._register = release_then_register  # type: ignore[method-assign]
@@ -586,6 +594,19 @@ def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> 
         blocker.release()
         first.join(timeout=60)
         assert not first.is_alive()
+
+
+def queued_bytes(address: str) -> int:
+    """The receive queue of the datagram socket bound to the abstract ``address``, as ``ss``
+    reports it (bytes of the first datagram waiting; 0 when none waits)."""
+    listing = subprocess.run(
+        ["ss", "-x", "-a", "-H"], capture_output=True, text=True, check=True, timeout=30
+    )
+    for line in listing.stdout.splitlines():
+        fields = line.split()
+        if fields[:1] == ["u_dgr"] and fields[4] == f"@{address}":
+            return int(fields[2])
+    raise AssertionError(f"no socket bound to @{address}: {listing.stdout}")
 
 
 def wait_for(predicate: Callable[[], bool], seconds: float = 30.0) -> None:
