@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -25,10 +30,10 @@ from collet_limiter import (
 )
 
 from .conftest import SMALL, make_config
-from .namespaces import NEW_PID_NAMESPACE, needs_namespaces, worker
+from .namespaces import NEW_NET_NAMESPACE, NEW_PID_NAMESPACE, needs_namespaces, worker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from collet_limiter import Limiter
 
@@ -204,83 +209,122 @@ def test_waiters_are_served_in_ticket_order(open_limiter: Open, small_config: Co
     assert order == [0, 1, 2, 3]
 
 
-def _slow_waiter(limiter: Limiter, key: ModelKey | str) -> tuple[threading.Thread, list[object]]:
-    """Start a thread blocked in acquire_wait, deaf to push; returns once its ticket is queued."""
-    inner = _inner(limiter)
-    inner._wake.close()
-    inner._wake.address = None
-    got: list[object] = []
+# A waiter that cannot be woken by push and is held still after each release leaves the window in
+# which a fresh request could steal the slot if fairness did not stop it. The waiter is a real
+# process in its own network namespace (``unshare --net``): the abstract Unix socket its ticket
+# names cannot be reached from here, so only its poll of ``PRAGMA data_version`` can wake it. It
+# is stopped (SIGSTOP) while the test makes its fresh requests, then continued, and must be
+# granted by its next poll.
+WAITER_POLL = 0.5  # seconds; the waiter's poll_interval and max_poll_interval
 
-    def wait() -> None:
+
+def _toml(data: dict[str, Any]) -> str:
+    """The TOML of a config given as ``make_config`` keywords (tables and arrays of tables)."""
+    lines = []
+    for section, value in data.items():
+        tables = [value] if isinstance(value, dict) else value
+        for table in tables:
+            lines.append(f"[{section}]" if isinstance(value, dict) else f"[[{section}]]")
+            lines += [f"{key} = {json.dumps(item)}" for key, item in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _stopped_waiter_elsewhere(
+    db: Path, config: dict[str, Any], key: str
+) -> Iterator[Callable[[], list[str]]]:
+    """A waiter for ``key`` in another network namespace, queued and then stopped.
+
+    Yields a function that continues it and returns its ``GOT`` line, split; checks that the
+    grant came within a poll interval or two (the bound leaves room for a loaded machine).
+    """
+    (db.parent / "waiter.toml").write_text(_toml(config))
+    args = ("wait", "--db", str(db), "--config", str(db.parent / "waiter.toml"), "--model", key)
+    poll = str(WAITER_POLL)
+    timing = ("--timeout", "60", "--poll", poll, "--max-poll", poll, "--hold-ms", "0")
+    with worker(*args, *timing, prefix=NEW_NET_NAMESPACE) as waiter:
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline() == "QUEUING\n"
+        wait_for(lambda: rows(db, "select count(*) from waiters") == [(1,)])
+        ((address,),) = rows(db, "select wake_addr from waiters")
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe,
+            pytest.raises(ConnectionRefusedError),  # no such socket in this namespace
+        ):
+            probe.sendto(b"", b"\0" + str(address).encode())
+        # Stop it only while it holds no writer lock (else the fresh requests would wait on it).
+        with open(db.with_name(db.name + ".lock"), "rb") as lock:
+            wait_for(lambda: _try_flock(lock.fileno()))
+            waiter.send_signal(signal.SIGSTOP)
+            wait_for(lambda: _state(waiter.pid) == "T")
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+        def resume() -> list[str]:
+            continued = time.monotonic_ns()
+            waiter.send_signal(signal.SIGCONT)
+            assert waiter.stdout is not None
+            line = waiter.stdout.readline().split()
+            assert line[:1] == ["GOT"], line
+            assert (int(line[1]) - continued) / 1e9 < WAITER_POLL + 2.0
+            assert waiter.wait(60) == 0
+            return line[2:]
+
         try:
-            got.append(limiter.acquire_wait(key, timeout=10))
-        except BaseException as exc:  # reported by the test's assertion on `got`
-            got.append(exc)
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    while not limiter.waiters():
-        time.sleep(0.002)
-    return thread, got
+            yield resume
+        finally:
+            waiter.send_signal(signal.SIGCONT)  # so that a failed test's waiter can be killed
 
 
-def _inner(limiter: Limiter) -> Any:
-    return getattr(limiter, "limiter", limiter)  # the AsyncLimiter behind an AsyncFacade
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
-def _nudge(limiter: Any) -> None:
-    """Make a waiting limiter's watcher look now (what its next poll would do)."""
-    if hasattr(limiter, "limiter"):  # an AsyncFacade: poke on the limiter's own loop
-        limiter._loop.loop.call_soon_threadsafe(limiter.limiter._poke.set)
-    else:
-        limiter._interrupt()
+def _state(pid: int) -> str:
+    """The state letter of process ``pid`` in ``/proc/PID/stat`` (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-# A waiter that cannot be woken by push (as one in another network namespace) and would poll
-# only after a minute leaves the window after each release in which a fresh request could steal
-# the slot if fairness did not stop it; the test then nudges it, as its poll would.
-SLOW = {"poll_interval": 60.0, "max_poll_interval": 60.0}
-
-
+@needs_namespaces
 def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
-    open_limiter: Open, small_config: Config
+    open_limiter: Open, small_config: Config, db: Path
 ) -> None:
-    waiter, fresh = open_limiter(small_config, **SLOW), open_limiter(small_config)
+    fresh = open_limiter(small_config, clock=time.time)  # the waiter's process keeps real time
     fresh.acquire(GLM5)
     held = fresh.acquire(GLM47)
-    thread, got = _slow_waiter(waiter, GLM47)
-    held.release()
-    fresh.acquire(FLASH)  # so that glm-4.7's own fallback (flash, one tier down) is full too
-    assert (
-        fresh.explain(GLM47).candidates[0].reason
-        == "1 free but 1 waiter(s) queued ahead (0/1 held)"
-    )
-    as_primary = fresh.acquire_with_fallback(GLM47)
-    assert (
-        isinstance(as_primary, Acquired) and as_primary.lease.key == SONNET
-    )  # the CLI, not glm-4.7
-    as_fallback = fresh.acquire_with_fallback(GLM5, [GLM47])
-    assert as_fallback == QueueWait(GLM5, "full (1/1 held)")
-    _nudge(waiter)
-    thread.join(10)
-    assert [lease.key for lease in got] == [GLM47]  # type: ignore[attr-defined]
+    with _stopped_waiter_elsewhere(db, SMALL, str(GLM47)) as resume:
+        held.release()
+        fresh.acquire(FLASH)  # so that glm-4.7's own fallback (flash, one tier down) is full too
+        assert (
+            fresh.explain(GLM47).candidates[0].reason
+            == "1 free but 1 waiter(s) queued ahead (0/1 held)"
+        )
+        as_primary = fresh.acquire_with_fallback(GLM47)
+        assert (
+            isinstance(as_primary, Acquired) and as_primary.lease.key == SONNET
+        )  # the CLI, not glm-4.7
+        as_fallback = fresh.acquire_with_fallback(GLM5, [GLM47])
+        assert as_fallback == QueueWait(GLM5, "full (1/1 held)")
+        assert resume() == [str(GLM47), "queue"]
 
 
+@needs_namespaces
 def test_the_last_global_slot_goes_to_the_oldest_waiter_whose_model_has_room(
-    open_limiter: Open,
+    open_limiter: Open, db: Path
 ) -> None:
-    config = make_config(collaboration={"max_agents": 2})
-    waiter, fresh = open_limiter(config, **SLOW), open_limiter(config)
+    data = {"collaboration": {"max_agents": 2}}
+    fresh = open_limiter(make_config(**data), clock=time.time)
     first = fresh.acquire("p/a")
     fresh.acquire("p/b")
-    thread, got = _slow_waiter(waiter, "p/c")
-    first.release()
-    result = fresh.acquire_with_fallback("p/d")
-    assert isinstance(result, QueueWait)
-    assert result.reason == "global cap: 1 free but 1 earlier waiter(s) can use them"
-    _nudge(waiter)
-    thread.join(10)
-    assert [lease.key for lease in got] == [ModelKey("p", "c")]  # type: ignore[attr-defined]
+    with _stopped_waiter_elsewhere(db, data, "p/c") as resume:
+        first.release()
+        result = fresh.acquire_with_fallback("p/d")
+        assert isinstance(result, QueueWait)
+        assert result.reason == "global cap: 1 free but 1 earlier waiter(s) can use them"
+        assert resume() == ["p/c", "queue"]
 
 
 def test_an_expired_lease_is_reclaimed_when_room_is_needed_and_its_holder_learns_it_is_lost(
