@@ -48,6 +48,10 @@ from typing import Any
 
 MODELS = {"zai/glm-5": 2, "zai/glm-4.7": 1, "zai/glm-4.7-flash": 2}
 CAP = 4
+# After the run, how long the workers may go on before a killed holder's lease still in the
+# table counts as unrecovered: a dead holder's lease expires within one TTL of its death, and
+# the longest stop (1.8 TTLs) ended when the run did.
+SETTLE_TTLS = 3
 
 CONFIG = """
 [collaboration]
@@ -380,11 +384,24 @@ class Soak:
                     self.act()
                     next_action = now + self.rng.expovariate(1 / args.action_every)
                 time.sleep(0.01)
+            self.settle()
         finally:
             self.finish()
             self.running = False
             monitor.join(5)
         return self.report()
+
+    def settle(self) -> None:
+        """Time is up: no more kills or stops. The workers run on until every killed holder's
+        lease is reclaimed (they keep needing every model), for at most ``SETTLE_TTLS`` TTLs;
+        what is left then counts as unrecovered."""
+        self.continue_due(everyone=True)
+        deadline = time.monotonic() + SETTLE_TTLS * self.args.ttl
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.pending:
+                    return
+            time.sleep(0.01)
 
     def by_pid(self) -> dict[int, Worker]:
         return {w.process.pid: w for w in self.workers if w.process.poll() is None}
@@ -580,7 +597,7 @@ def print_report(f: Figures) -> None:
     print(f"stops:       {f.stops} SIGSTOP/SIGCONT ({f.long_stops} longer than the TTL)")
     print(
         f"recoveries:  {f.recoveries} of {f.holder_kills} killed holders' leases reclaimed "
-        f"({f.unrecovered} not yet needed at the end); reclaim median {f.median_reclaim_ms} ms, "
+        f"({f.unrecovered} not reclaimed by the end); reclaim median {f.median_reclaim_ms} ms, "
         f"p99 {f.p99_reclaim_ms} ms, max {f.max_reclaim_ms} ms; {f.slow_reclaims} took over "
         f"0.5 s, {f.slow_reclaims_during_a_stop} of them while a worker was stopped"
     )

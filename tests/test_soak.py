@@ -118,7 +118,14 @@ def test_a_short_soak_keeps_every_limit_and_recovers_every_slot(tmp_path: Path) 
     output = figures["output"]
     assert figures["grants"] > 100, output
     assert figures["kills"] > 0 and figures["stops"] > 0, output
-    assert figures["recoveries"] + figures["unrecovered"] == figures["holder_kills"], output
+    assert figures["holder_kills"] > 0, output
+    assert figures["unrecovered"] == 0, output
+    assert figures["recoveries"] == figures["holder_kills"], output
+    # The docs promise no exact reclaim time. The bound they give: a dead holder's lease has
+    # expired one TTL after its death and goes to the next claim that needs the room, and a
+    # writer can be held up by a worker stopped inside its write for at most the soak's longest
+    # stop, 1.8 TTLs (docs/reliability.md).
+    assert figures["max_reclaim_ms"] <= (1 + 1.8) * figures["ttl"] * 1000, output
 
 
 @pytest.mark.slow
