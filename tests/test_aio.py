@@ -111,7 +111,7 @@ def test_asyncio_timeout_around_acquire_works(db: Path) -> None:
             held = await limiter.acquire("p/m")
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):  # type: ignore[attr-defined]
-                    await limiter.acquire("p/m")
+                    _held1 = await limiter.acquire("p/m")
             assert await limiter.waiters() == []
             assert [info.id for info in await limiter.leases()] == [held.id]
 
@@ -121,9 +121,9 @@ def test_asyncio_timeout_around_acquire_works(db: Path) -> None:
 def test_acquire_wait_timeout_raises_acquire_timeout(db: Path) -> None:
     async def main() -> None:
         async with fast(db) as limiter:
-            await limiter.acquire("p/m")
+            _held2 = await limiter.acquire("p/m")
             with pytest.raises(AcquireTimeout, match="no permit for p/m within 0.05s"):
-                await limiter.acquire_wait("p/m", timeout=0.05)
+                _held3 = await limiter.acquire_wait("p/m", timeout=0.05)
             assert await limiter.waiters() == []
 
     asyncio.run(main())
@@ -232,11 +232,16 @@ def test_a_thousand_tasks_over_three_models_keep_the_limits(
         )
 
 
-def test_one_heartbeat_task_per_limiter_however_many_leases(db: Path) -> None:
+def test_one_heartbeat_thread_per_limiter_however_many_leases(db: Path) -> None:
+    """The first lease starts the heartbeat (a thread, so a blocked loop cannot stop it); the
+    next fifteen start no thread and no task."""
+
     async def main() -> None:
         async with fast(db, make_config(collaboration={"max_agents": 20})) as limiter:
             threads = threading.active_count()
             first = await limiter.acquire("p/x")
+            assert threading.active_count() == threads + 1
+            threads = threading.active_count()
             tasks = len(asyncio.all_tasks())
             more = [await limiter.acquire(f"p/m{i}") for i in range(15)]
             assert len(asyncio.all_tasks()) == tasks

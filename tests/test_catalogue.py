@@ -94,17 +94,24 @@ def newer_schema(db: Path) -> None:
         conn.execute("UPDATE alembic_version SET version_num = '0099_future'")
 
 
-MANY = Config.model_validate(
-    {"collaboration": {"max_agents": 100}, "models": [{"name": "m", "concurrency_limit": 50}]}
-)
+MANY_DATA: dict[str, Any] = {
+    "collaboration": {"max_agents": 100},
+    "models": [{"name": "m", "concurrency_limit": 50}],
+}
+MANY = Config.model_validate(MANY_DATA)
 
 
 def corrupted(db: Path) -> None:
     """A real limiter database with 30 leases whose ``leases`` table page is overwritten."""
-    limiter = Limiter(db, config=MANY)
-    for _ in range(30):
-        limiter.acquire("p/m", holder="h" * 200)
-    limiter._engine.dispose()  # a crash: no close, the leases stay
+    # A process that takes 30 leases and dies without closing (a crash): its rows stay.
+    crash = textwrap.dedent(f"""
+        import os
+        from collet_limiter import Config, Limiter
+        limiter = Limiter({str(db)!r}, config=Config.model_validate({MANY_DATA!r}))
+        held = [limiter.acquire("p/m", holder="h" * 200) for _ in range(30)]
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", crash], check=True, timeout=120)
     with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         (root,) = conn.execute(

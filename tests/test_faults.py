@@ -179,7 +179,7 @@ def test_a_database_deleted_under_a_holder_is_recreated_and_the_holder_re_regist
         assert rows(db, "SELECT count(*) FROM leases WHERE token = ?", (token,)) == [(1,)]
         assert rows(db, "SELECT count(*) FROM leases") == [(2,)]  # 2 holders, limit 1
         with pytest.raises(AcquireTimeout):
-            newcomer.acquire("p/m", timeout=0)  # no third: the holder counts again
+            _held1 = newcomer.acquire("p/m", timeout=0)  # no third: the holder counts again
         out, err = finish(holder)
         assert out.split()[:2] == ["RELEASED", "0"], out + err
         assert "was deleted or replaced while in use" in err
@@ -219,7 +219,7 @@ def test_a_database_replaced_beside_its_old_wal_keeps_each_lease_once(
 def test_a_database_replaced_by_a_file_that_is_not_one_is_a_clear_error(tmp_path: Path) -> None:
     db = tmp_path / "limiter.db"
     limiter = Limiter(db, config=MANY)
-    limiter.acquire("p/m")
+    _held2 = limiter.acquire("p/m")
     for path in tmp_path.glob("limiter.db-*"):
         path.unlink()
     notes = tmp_path / "notes"
@@ -227,7 +227,7 @@ def test_a_database_replaced_by_a_file_that_is_not_one_is_a_clear_error(tmp_path
     os.replace(notes, db)
     message = f"^{db} is not a usable collet-limiter database \\(file is not a database\\)"
     with pytest.raises(DatabaseCorruptError, match=message):
-        limiter.acquire("p/m", timeout=0)
+        _held3 = limiter.acquire("p/m", timeout=0)
     with pytest.raises(DatabaseCorruptError, match=message):
         Limiter(db, config=MANY)
     with contextlib.suppress(LimiterError):
@@ -548,7 +548,7 @@ def test_a_foreign_write_lock_is_a_busy_error_after_the_busy_timeout(tmp_path: P
         with foreign_write_lock(db):
             started = time.monotonic()
             with pytest.raises(DatabaseBusyError) as caught:
-                limiter.acquire("p/m", timeout=0)
+                _held4 = limiter.acquire("p/m", timeout=0)
             # Bounded by the busy timeout (0.3 s) for the claim; generous for a loaded host.
             assert time.monotonic() - started < 10
         assert str(caught.value) == (
@@ -587,7 +587,7 @@ def test_a_stalled_writer_does_not_make_acquire_outlive_its_timeout(
         limiter = Limiter(sys.argv[1], config=load_config(sys.argv[2]))
         started = time.monotonic()
         try:
-            limiter.acquire("p/m", timeout=1)
+            _held5 = limiter.acquire("p/m", timeout=1)
             print("GRANTED")
         except LimiterError as exc:
             print(type(exc).__name__, exc)
@@ -688,6 +688,6 @@ def test_a_second_process_with_another_config_rewrites_the_limits_and_warns(
         assert rows(db, "SELECT count(*) FROM leases WHERE model = 'm'") == [(2,)]  # kept
         first.release()
         with pytest.raises(AcquireTimeout):  # 1 held, the new limit is 1
-            limiter.acquire("p/m", timeout=0)
+            _held6 = limiter.acquire("p/m", timeout=0)
         second.release()
         limiter.acquire("p/m", timeout=0).release()

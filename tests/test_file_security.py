@@ -173,7 +173,7 @@ def test_a_lock_file_another_user_holds_is_refused_at_once_instead_of_stalling_e
         pytest.raises(DatabaseUnavailableError) as caught,
         Limiter(db, config=config) as limiter,
     ):
-        limiter.acquire("p/m", timeout=0)
+        _held1 = limiter.acquire("p/m", timeout=0)
     assert str(caught.value) == render(FOREIGN, db, lock)
     assert not db.exists()  # refused before anything was created
 

@@ -54,7 +54,7 @@ def _digest(db: Path) -> str:
 def _make_database(db: Path, journal_mode: str) -> None:
     """A database with one live lease record, closed, in ``journal_mode``, with no lock file."""
     with Limiter(db, config=make_config()) as limiter:
-        limiter.acquire("p/m", holder="x")
+        _held1 = limiter.acquire("p/m", holder="x")
         limiter.acquire("p/n", holder="y").release()
     conn = sqlite3.connect(db, isolation_level=None)
     try:

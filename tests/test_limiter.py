@@ -87,11 +87,12 @@ def test_a_full_primary_falls_back_in_order_chain_capability_cli(
     limiter = open_limiter(config)
     chain = [ModelKey("x", "chain-a")]
     caplog.set_level(logging.DEBUG, logger="collet_limiter")
-    granted = []
+    leases = []
     for _ in range(4):
         result = limiter.acquire_with_fallback(GLM5, chain)
         assert isinstance(result, Acquired)
-        granted.append((str(result.lease.key), result.lease.via))
+        leases.append(result.lease)
+    granted = [(str(lease.key), lease.via) for lease in leases]
     assert granted == [
         ("zai/glm-5", "primary"),
         ("x/chain-a", "chain"),
@@ -113,8 +114,8 @@ def test_a_full_primary_falls_back_in_order_chain_capability_cli(
 
 def test_a_full_global_cap_returns_queue_wait_at_once(open_limiter: Open) -> None:
     limiter = open_limiter(make_config(collaboration={"max_agents": 2}))
-    limiter.acquire("a/x")
-    limiter.acquire("b/y")
+    _held1 = limiter.acquire("a/x")
+    _held2 = limiter.acquire("b/y")
     result = limiter.acquire_with_fallback("c/z", ["d/w"])
     assert isinstance(result, QueueWait) and result.key == ModelKey("c", "z")
     assert result.reason == "global cap full (2/2 held)"
@@ -132,23 +133,23 @@ def test_acquire_wait_times_out_and_leaves_no_ticket(
     open_limiter: Open, small_config: Config, db: Path
 ) -> None:
     limiter = open_limiter(small_config)
-    limiter.acquire(GLM5)
+    _held3 = limiter.acquire(GLM5)
     started = time.monotonic()
     with pytest.raises(AcquireTimeout, match="no permit for zai/glm-5 within 0.1s") as info:
-        limiter.acquire_wait(GLM5, timeout=0.1)
+        _held4 = limiter.acquire_wait(GLM5, timeout=0.1)
     assert time.monotonic() - started >= 0.1
     assert isinstance(info.value, TimeoutError) and info.value.key == GLM5
     assert rows(db, "select count(*) from waiters") == [(0,)]
     with pytest.raises(AcquireTimeout):
-        limiter.acquire_wait(GLM5, timeout=0)
+        _held5 = limiter.acquire_wait(GLM5, timeout=0)
     assert rows(db, "select count(*) from waiters") == [(0,)]
 
 
 def test_acquire_wait_does_not_fall_back(open_limiter: Open, small_config: Config) -> None:
     limiter = open_limiter(small_config)
-    limiter.acquire(GLM5)
+    _held6 = limiter.acquire(GLM5)
     with pytest.raises(AcquireTimeout):
-        limiter.acquire_wait(GLM5, timeout=0.05)
+        _held7 = limiter.acquire_wait(GLM5, timeout=0.05)
 
 
 def release_once_queued(db: Path, lease: Any) -> threading.Thread:
@@ -293,11 +294,13 @@ def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
     open_limiter: Open, small_config: Config, db: Path
 ) -> None:
     fresh = open_limiter(small_config, clock=time.time)  # the waiter's process keeps real time
-    fresh.acquire(GLM5)
+    _held8 = fresh.acquire(GLM5)
     held = fresh.acquire(GLM47)
     with _stopped_waiter_elsewhere(db, SMALL, str(GLM47)) as resume:
         held.release()
-        fresh.acquire(FLASH)  # so that glm-4.7's own fallback (flash, one tier down) is full too
+        _held9 = fresh.acquire(
+            FLASH
+        )  # so that glm-4.7's own fallback (flash, one tier down) is full too
         assert (
             fresh.explain(GLM47).candidates[0].reason
             == "1 free but 1 waiter(s) queued ahead (0/1 held)"
@@ -318,7 +321,7 @@ def test_the_last_global_slot_goes_to_the_oldest_waiter_whose_model_has_room(
     data = {"collaboration": {"max_agents": 2}}
     fresh = open_limiter(make_config(**data), clock=time.time)
     first = fresh.acquire("p/a")
-    fresh.acquire("p/b")
+    _held10 = fresh.acquire("p/b")
     with _stopped_waiter_elsewhere(db, data, "p/c") as resume:
         first.release()
         result = fresh.acquire_with_fallback("p/d")
@@ -379,23 +382,23 @@ def test_a_stale_handle_cannot_release_someone_elses_lease(open_limiter: Open, d
 def test_close_releases_this_limiters_leases_and_tickets_only(open_limiter: Open, db: Path) -> None:
     mine, theirs = open_limiter(), open_limiter()
     theirs_lease = theirs.acquire("p/a")
-    mine.acquire("p/b")
-    mine.acquire("p/c")
+    _held11 = mine.acquire("p/b")
+    _held12 = mine.acquire("p/c")
     mine.close()
     assert [info.id for info in theirs.leases()] == [theirs_lease.id]
     with pytest.raises(LimiterClosedError):
-        mine.acquire("p/a")
+        _held13 = mine.acquire("p/a")
     mine.close()  # idempotent
 
 
 def test_close_wakes_a_blocked_waiter(open_limiter: Open, small_config: Config, db: Path) -> None:
     limiter = open_limiter(small_config)
-    limiter.acquire(GLM5)
+    _held14 = limiter.acquire(GLM5)
     errors: list[BaseException] = []
 
     def wait() -> None:
         try:
-            limiter.acquire_wait(GLM5)
+            _held15 = limiter.acquire_wait(GLM5)
         except BaseException as exc:
             errors.append(exc)
 
@@ -413,7 +416,7 @@ def test_the_tables_show_who_holds_what_to_plain_sqlite(
     open_limiter: Open, small_config: Config, db: Path
 ) -> None:
     limiter = open_limiter(small_config)
-    limiter.acquire(GLM5, holder="agent-7")
+    _held16 = limiter.acquire(GLM5, holder="agent-7")
     assert rows(db, "SELECT provider, model, pid, holder FROM leases") == [
         ("zai", "glm-5", os.getpid(), "agent-7")
     ]
@@ -426,7 +429,7 @@ def test_the_connection_pragmas_took_effect(open_sync_limiter: Open) -> None:
     from collet_limiter._engine import pragmas
 
     limiter = open_sync_limiter(make_config(limiter={"busy_timeout_ms": 1234}))
-    with limiter._check().connect() as conn:
+    with limiter._runtime.engine.connect() as conn:
         assert pragmas(conn) == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 1234}
 
 
@@ -444,7 +447,7 @@ def test_models_are_seeded_from_config_and_added_on_demand(
         ("zai", "glm-4.7-flash", 1, "cheap", 1, 0, 2),
         ("claude", "sonnet", 1, "standard", 1, 1, 3),
     ]
-    limiter.acquire("other/glm-5")
+    _held17 = limiter.acquire("other/glm-5")
     assert rows(db, "select concurrency_limit, position from models where provider = 'other'") == [
         (1, None)
     ]
@@ -456,7 +459,7 @@ def test_the_last_config_written_is_what_every_process_obeys(
     open_limiter: Open, small_config: Config, db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = open_limiter(small_config)
-    first.acquire("other/thing")
+    _held18 = first.acquire("other/thing")
     caplog.set_level(logging.WARNING, logger="collet_limiter")
     changed = dict(
         SMALL,
@@ -470,7 +473,7 @@ def test_the_last_config_written_is_what_every_process_obeys(
     assert first.resolve_limit(GLM5) == 2  # the first limiter reads the new row
     assert first.resolve_limit("other/thing") == 7  # rows added on demand are recomputed
     assert rows(db, "select value from meta where key = 'max_agents'") == [("10",)]
-    first.acquire(GLM5)
+    _held19 = first.acquire(GLM5)
     assert isinstance(first.acquire_with_fallback(GLM5), Acquired)
 
 
@@ -487,7 +490,7 @@ def test_explain_lists_every_candidate_with_a_reason(
     open_limiter: Open, small_config: Config
 ) -> None:
     limiter = open_limiter(small_config)
-    limiter.acquire(GLM5)
+    _held20 = limiter.acquire(GLM5)
     explanation = limiter.explain(GLM5)
     assert [(str(c.key), c.via, c.has_room) for c in explanation.candidates] == [
         ("zai/glm-5", "primary", False),
@@ -503,9 +506,9 @@ def test_explain_lists_every_candidate_with_a_reason(
 def test_bad_arguments_are_clear_errors(open_limiter: Open) -> None:
     limiter = open_limiter()
     with pytest.raises(InvalidKeyError, match="invalid primary model 'glm-5'"):
-        limiter.acquire("glm-5")
+        _held21 = limiter.acquire("glm-5")
     with pytest.raises(ConfigError, match="timeout must be >= 0"):
-        limiter.acquire("p/m", timeout=-1)
+        _held22 = limiter.acquire("p/m", timeout=-1)
     with pytest.raises(ConfigError, match="lease_ttl must be > 0"):
         open_limiter(lease_ttl=0)
     with pytest.raises(ConfigError, match="in-memory SQLite"):
@@ -548,7 +551,7 @@ def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(
 def test_leases_report_whether_their_holder_is_alive(open_limiter: Open, db: Path) -> None:
     """A holder in another PID namespace (a real one) cannot be checked from here: None."""
     limiter = open_limiter(clock=time.time)  # the worker's leases are stamped with real time
-    limiter.acquire("p/a")
+    _held23 = limiter.acquire("p/a")
     hold = ("hold", "--db", str(db), "--model", "p/b")
     with worker(*hold, prefix=NEW_PID_NAMESPACE) as holder:
         assert holder.stdout is not None
@@ -602,7 +605,7 @@ def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> 
     to a minute, so only the push can wake the acquire below before its deadline.
 
     No public call stops a thread between its claim and its registration, so this test wraps
-    the one private step it must (``_register``); everything it checks is public.
+    the one private step it must (the runtime's ``register``); everything it checks is public.
     """
     from collet_limiter import Limiter as SyncLimiter
 
@@ -619,7 +622,7 @@ def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> 
         first.start()
         wait_for(lambda: len(waiting.waiters()) == 1)
         ((address,),) = rows(db, "select wake_addr from waiters")
-        register = waiting._register
+        register = waiting._runtime.register
 
         def release_then_register(request: Any) -> Any:
             held.release()  # pushes the new ticket before its thread is known to the watcher
@@ -628,7 +631,7 @@ def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> 
             wait_for(lambda: queued_bytes(str(address)) == 0)
             return register(request)
 
-        waiting._register = release_then_register  # type: ignore[method-assign]
+        waiting._runtime.register = release_then_register  # type: ignore[method-assign]
         started = time.monotonic()
         lease = waiting.acquire_wait("p/y", timeout=20)
         # Unwoken, the thread would sleep to its deadline and claim then: it must not.

@@ -133,7 +133,7 @@ class LimiterMachine(RuleBasedStateMachine):
 
     def claim(self, gen: Generation, request: ClaimRequest) -> tuple[Any, Any]:
         """One Core claim on the raw limiter of ``gen``, and the model's outcome for it."""
-        result = gen.raw._write(lambda conn: gen.raw._core.claim(conn, request))
+        result = gen.raw._runtime.write(lambda conn: gen.raw._core.claim(conn, request))
         expected = self.model.claim(
             gen.config,
             request.owner,
@@ -249,7 +249,7 @@ class LimiterMachine(RuleBasedStateMachine):
         request = waiter.gen.raw._core.with_ticket(
             waiter.request, SimpleNamespace(ticket=waiter.ticket)
         )
-        with waiter.gen.raw._connection() as conn:
+        with waiter.gen.raw._runtime.connection() as conn:
             (looks,), _ = waiter.gen.raw._core.could_grant(conn, [request])
         assert looks == self.model.could_grant(request.primary, waiter.ticket, request.ticket_token)
         result, _ = self.claim(waiter.gen, request)
@@ -271,7 +271,7 @@ class LimiterMachine(RuleBasedStateMachine):
     def cancel_waiter(self, data: st.DataObject) -> None:
         waiter = data.draw(st.sampled_from(self.waiters))
         core = waiter.gen.raw._core
-        waiter.gen.raw._write(lambda conn: core.discard(conn, waiter.request))
+        waiter.gen.raw._runtime.write(lambda conn: core.discard(conn, waiter.request))
         self.model.discard_ticket(waiter.request.ticket_token)
         self.waiters.remove(waiter)
 
@@ -291,7 +291,9 @@ class LimiterMachine(RuleBasedStateMachine):
             record, gen = self.raw.pop(index)
             present = self.model.release(record.id, record.token)
             core = gen.raw._core
-            released = gen.raw._write(lambda conn: core.release(conn, record.id, record.token))
+            released = gen.raw._runtime.write(
+                lambda conn: core.release(conn, record.id, record.token)
+            )
             assert released == present
 
     @precondition(lambda self: self.public or self.raw)
@@ -517,7 +519,7 @@ def queue_for(key: str, limiter: Limiter) -> ClaimRequest:
 
 def core_claim(limiter: Limiter, request: ClaimRequest) -> tuple[ClaimRequest, Any]:
     """One claim through the limiter's Core, in its turn to write; returns (request, result)."""
-    return request, limiter._write(lambda conn: limiter._core.claim(conn, request))
+    return request, limiter._runtime.write(lambda conn: limiter._core.claim(conn, request))
 
 
 def test_a_waiter_whose_ticket_was_reclaimed_does_not_take_the_place_of_a_later_one(
@@ -597,7 +599,7 @@ def test_a_lease_granted_after_its_holder_lost_one_is_still_renewed(
         limiter.renew()  # what the heartbeat does every TTL/3
         clock.advance(40)  # 70 s after the grant, 40 s after the renewal
         with pytest.raises(AcquireTimeout):
-            other.acquire("p/m", timeout=0)
+            _held1 = other.acquire("p/m", timeout=0)
         assert not live.lost
 
 

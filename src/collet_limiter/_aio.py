@@ -1,62 +1,43 @@
-"""``AsyncLimiter``: the asyncio facade over aiosqlite.
+"""``AsyncLimiter``: the awaiting face. Everything but waiting is the shared ``Runtime``'s.
 
-Every transaction is the sync code of ``Core``, run through ``AsyncConnection.run_sync``; only
-waiting and heartbeats are written for asyncio:
-
-- Wake-ups are pushed (see ``_wake``): the limiter's datagram socket and its pidfds on holders
-  are watched with ``loop.add_reader``, so a release elsewhere wakes the right task at once and a
-  holder's death triggers a reap at once.
-- One watcher task per AsyncLimiter backs this up while any of its tasks wait: it reads
-  ``PRAGMA data_version`` every ``poll_interval`` and, when another connection committed, looks
-  in one lock-free read for all of them which waiting tasks would now be granted, and wakes only
-  those; it reaps when a lease is due to expire and at least every ``max_poll_interval`` when it
-  cannot watch every holder. A thousand waiting tasks cost one poll, not a thousand.
-- One heartbeat task per AsyncLimiter renews all its leases and tickets every TTL/3.
-- A claim is never cancelled halfway: it runs shielded, and a cancelled acquire waits for it to
-  finish and then removes whatever it left (its ticket, a lease nobody will hold).
+The same runtime as ``Limiter`` runs the transactions, the heartbeat and the watcher, on threads
+of its own, so an event loop blocked by a synchronous call never stops a heartbeat. A
+transaction runs in one hop: inline on the event loop when the turn to write is free (it is a
+few statements of microseconds each), else on the runtime's worker thread, which waits for the
+turn in the kernel. A transaction is never cut off: a cancelled caller waits for it under a
+shield, and the acquire loop then removes what it left (its ticket, a lease nobody will hold).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import os
-import select
+import threading
+import warnings
+import weakref
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Core, log, monotonic
-from ._engine import create_aiosqlite_engine, data_version
-from ._errors import (
-    AsyncContextError,
-    ConfigError,
-    LimiterClosedError,
-    StorageError,
-    translate_driver_errors,
-)
+from ._core import Core
+from ._errors import AsyncContextError, ConfigError, LimiterClosedError
 from ._lease import BaseLease
 from ._results import Acquired, QueueWait
-from ._wake import PidWatch, WakeSocket, WriterLock
+from ._runtime import NOT_NOW, Claim, NotNow, Runtime, Wait, Waiter, abandon
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Generator, Iterable
+    import concurrent.futures
+    import os
+    from collections.abc import Callable, Generator, Iterable
     from types import TracebackType
 
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-    from ._claim import ClaimRequest, ClaimResult
+    from ._claim import ClaimRequest
     from ._config import Config
     from ._keys import ModelKey
     from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
+    from ._runtime import Step
     from ._store import LeaseRecord
 
 T = TypeVar("T")
-
-# See _limiter for both: the waiting task's own safety-net claim, and the sweep interval when
-# every holder on this host is watched.
-SAFETY_CLAIM_SECS = 30.0
-WATCHED_SWEEP_SECS = 10.0
 
 _WITH_MESSAGE = "{name} must be used with 'async with', not 'with'"
 
@@ -66,9 +47,9 @@ class AsyncLease(BaseLease):
 
     __slots__ = ("_limiter",)
 
-    def __init__(self, limiter: AsyncLimiter, record: LeaseRecord) -> None:
-        super().__init__(record)
-        self._limiter = limiter
+    def __init__(self, limiter: AsyncLimiter, record: LeaseRecord, runtime: Runtime) -> None:
+        super().__init__(record, runtime)
+        self._limiter = limiter  # keeps the limiter open while a lease of it is held
 
     async def release(self) -> None:
         """Give the slot back. Idempotent; a no-op for a lost lease.
@@ -78,7 +59,9 @@ class AsyncLease(BaseLease):
         """
         if self._begin_release():
             try:
-                await self._limiter._release(self)  # noqa: SLF001 - the lease's own limiter
+                await self._limiter._transact(  # noqa: SLF001 - the lease's own limiter
+                    partial(self._runtime.release, self)
+                )
             except BaseException:
                 self._released = False
                 raise
@@ -134,22 +117,48 @@ class _Acquiring:
         """Never reached: ``__enter__`` refuses plain ``with``."""
 
 
-class _Waiter:
-    """A task of this AsyncLimiter waiting in the queue, and the event that wakes it."""
+class _TaskWaiter(Waiter):
+    """A task waiting in the queue; the watcher thread wakes it through its event loop."""
 
-    __slots__ = ("event", "request")
+    __slots__ = ("event", "loop")
 
     def __init__(self, request: ClaimRequest) -> None:
-        self.request = request
+        super().__init__(request)
+        self.loop = asyncio.get_running_loop()
         self.event = asyncio.Event()
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop was closed: nobody waits any more
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+async def _finish(future: concurrent.futures.Future[T]) -> T:
+    """Await a job of the worker thread; if cancelled meanwhile, wait for it, then re-raise.
+
+    A transaction cut off halfway would leave SQLite's locks held, and a claim's outcome must
+    be known to be undone, so the job always runs to its end.
+    """
+    waiting = asyncio.wrap_future(future)
+    cancelled = False
+    while not waiting.done():
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:  # noqa: PERF203 - rarely more than one turn
+            cancelled = cancelled or not waiting.done()
+        except Exception:  # noqa: BLE001, S110 - the job's own error, raised below
+            pass
+    if cancelled:
+        raise asyncio.CancelledError
+    return waiting.result()
 
 
 class AsyncLimiter:
     """The asyncio face of ``Limiter``: the same database, rules, queue and transactions.
 
     Use ``async with AsyncLimiter(...) as limiter`` (or ``await limiter.close()`` at the end). The
-    database is opened on first use. ``max_connections`` bounds the SQLite connections this
-    limiter uses at once; SQLite runs one writer at a time anyway.
+    database is opened on first use (or by ``await limiter.open()``). Its heartbeat and watcher
+    are threads, as the sync face's, so a lease is renewed even while the event loop is blocked.
+    An AsyncLimiter garbage-collected unclosed (with no lease of it left) is closed then.
     """
 
     def __init__(
@@ -161,7 +170,7 @@ class AsyncLimiter:
         lease_ttl: float | None = None,
         poll_interval: float | None = None,
         max_poll_interval: float | None = None,
-        max_connections: int = 4,
+        max_connections: int | None = None,
     ) -> None:
         self._core = Core(
             db,
@@ -176,207 +185,70 @@ class AsyncLimiter:
                 f"{self._core.display}: AsyncLimiter supports SQLite databases only",
                 path=self._core.display,
             )
-        if max_connections < 1:
-            raise ConfigError(f"max_connections must be >= 1 (got {max_connections!r})")
-        self._max_connections = max_connections
-        self._engine: AsyncEngine | None = None
-        self._open_lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(max_connections)
-        self._write_lock = asyncio.Lock()
-        self._closing = asyncio.Event()
-        self._wanted = asyncio.Event()  # set when a task starts waiting: the watcher wakes up
+        if max_connections is not None:
+            if max_connections < 1:
+                raise ConfigError(f"max_connections must be >= 1 (got {max_connections!r})")
+            warnings.warn(
+                "AsyncLimiter(max_connections=...) no longer has an effect: an AsyncLimiter "
+                "uses at most four connections (event loop, worker, watcher, heartbeat)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self._runtime: Runtime | None = None
+        self._opening = threading.Lock()
         self._closed = False
-        self._leases: dict[str, AsyncLease] = {}  # by token, the proof of ownership
-        self._waiters: dict[str, _Waiter] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._writer: WriterLock | None = None
-        self._wake = WakeSocket()
-        self._pids = PidWatch()
-        self._poke = asyncio.Event()  # something happened that the watcher should look at
-        self._sweep_now = False
-        self._readers: set[int] = set()
 
     # --- opening, closing, running transactions ------------------------------------------------
 
-    async def _ensure_open(self) -> AsyncEngine:
+    async def _open(self) -> Runtime:
+        runtime = self._runtime
+        if runtime is not None and not self._closed:
+            runtime.check()  # rebuilds it in a forked child
+            return runtime
         if self._closed:
             raise LimiterClosedError(f"AsyncLimiter on {self._core.display} is closed")
-        if self._core.pid != os.getpid():
-            self._after_fork()
-        if self._engine is not None:
-            return self._engine
-        async with self._open_lock:
-            if self._engine is None:
-                self._engine = await self._open_engine()
-        return self._engine
+        return await asyncio.to_thread(self._open_in_thread)
 
-    async def _open_engine(self) -> AsyncEngine:
-        core = self._core
-        with translate_driver_errors(core.display):
-            core.prepare_file()
-            assert core.target.path is not None
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = WriterLock(core.target.path, core.sharing)
-            engine = create_aiosqlite_engine(
-                core.target,
-                busy_timeout_ms=core.busy_timeout_ms,
-                pool_size=self._max_connections + 1,  # one more for the watcher
-            )
-            try:
-                async with engine.connect() as conn:
-                    await conn.run_sync(core.open_database)
-            except BaseException:
-                await engine.dispose()
-                raise
-        return engine
+    def _open_in_thread(self) -> Runtime:
+        with self._opening:
+            if self._runtime is None:
+                runtime = Runtime(self._core, face="AsyncLimiter")
+                weakref.finalize(self, abandon, runtime)
+                self._runtime = runtime
+            return self._runtime
 
-    async def _reopen(self) -> None:
-        """Move to the new database file, carrying the leases this limiter holds into it."""
-        async with self._open_lock:
-            if not self._core.file_replaced() or self._engine is None:
-                return  # another task moved first
-            old, self._engine = self._engine, None
-            await old.dispose()
-            self._engine = engine = await self._open_engine()
-            held = list(self._leases.values())
-            async with self._turn_to_write(), engine.connect() as conn:
-                records = await conn.run_sync(
-                    self._core.readopt,
-                    [lease._record for lease in held],  # noqa: SLF001
-                )
-            self._leases = {}
-            for lease, record in zip(held, records, strict=True):
-                lease._record, lease.expires_ts = record, record.expires_ts  # noqa: SLF001
-                self._leases[record.token] = lease
-        self._poke.set()  # the watcher reconnects to the new file
+    async def _transact(self, job: Callable[..., T | NotNow]) -> T:
+        """Run one transaction: inline when the turn to write is free, else on the worker.
 
-    def _after_fork(self) -> None:
-        # A child must not use the parent's connections, tasks, locks or leases.
-        if self._engine is not None:
-            self._engine.sync_engine.dispose(close=False)
-        self._engine = None
-        if self._writer is not None:
-            self._writer.close()  # flock() locks belong to the open file, shared with the parent
-            self._writer = None
-        self._wake.close()
-        self._pids.close()
-        self._wake, self._pids, self._readers = WakeSocket(), PidWatch(), set()
-        self._leases, self._waiters, self._tasks = {}, {}, set()
-        self._heartbeat = self._watcher = None
-        self._core.reset_identity()
-
-    async def _run(self, func: Callable[..., T], *args: Any, write: bool = False) -> T:
-        """Run one ``Core`` transaction on a pooled connection, through ``run_sync``.
-
-        The transaction runs in a task of its own, shielded: a caller cancelled meanwhile (a
-        timeout, ``close()``) waits for it to commit or roll back, and only then sees the
-        cancellation. Cut off halfway, it would go back to the pool still holding SQLite's
-        locks, and every later writer would wait on it.
-
-        Writes from this limiter's tasks take turns on an asyncio lock: SQLite admits one writer
-        at a time anyway, and connections of one process competing for its lock would be left
-        to SQLite's busy handler, whose growing sleeps can starve one of them for seconds.
+        ``job(blocking)`` runs it; with ``blocking=False`` it returns ``NOT_NOW`` instead of
+        waiting for the turn. The worker's job is awaited under a shield (see ``_finish``).
         """
-        task = asyncio.ensure_future(self._transact(func, *args, write=write))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await task
-            raise
-
-    async def _transact(self, func: Callable[..., T], *args: Any, write: bool) -> T:
-        if write and self._core.file_replaced():
-            await self._reopen()
-        engine = await self._ensure_open()
-        async with self._slots, self._writing(write):
-            with translate_driver_errors(self._core.display):
-                async with engine.connect() as conn:
-                    return await conn.run_sync(func, *args)
-
-    def _writing(self, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
-        return self._turn_to_write() if write else contextlib.nullcontext()
-
-    @contextlib.asynccontextmanager
-    async def _turn_to_write(self) -> AsyncIterator[None]:
-        """This task's turn to write: the limiter's lock, then the cross-process writer lock.
-
-        The writer lock is taken without blocking the loop: short waits, doubling up to 2 ms,
-        while another process writes (a write transaction lasts well under a millisecond).
-        """
-        async with self._write_lock:
-            writer = self._writer
-            assert writer is not None
-            delay, deadline = 0.0001, monotonic() + self._core.busy_timeout_ms / 1000
-            while not writer.try_acquire():
-                if monotonic() >= deadline:
-                    raise self._core.writer_busy()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.002)
-            try:
-                yield
-            finally:
-                writer.release()
+        runtime = await self._open()
+        outcome = job(blocking=False)  # inline on the loop: never blocks
+        if outcome is not NOT_NOW:
+            return outcome  # type: ignore[return-value]
+        waited = await _finish(runtime.submit(partial(job, blocking=True)))
+        assert not isinstance(waited, NotNow)
+        return waited
 
     async def open(self) -> AsyncLimiter:
         """Open (create or upgrade) the database now rather than on first use."""
-        await self._ensure_open()
+        await self._open()
         return self
 
     async def close(self) -> None:
-        """Stop the tasks, release every lease and ticket this limiter holds. Idempotent."""
+        """Stop the threads, release every lease and ticket this limiter holds. Idempotent.
+
+        Transactions already started finish first (closing runs after them on the worker).
+        """
         if self._closed:
             return
         self._closed = True
-        self._closing.set()
-        for waiter in list(self._waiters.values()):
-            waiter.event.set()
-        # The watcher sees _closed and stops at its next turn: it runs transactions on its own
-        # connection, and must not be cut off inside one. The heartbeat's go through _run.
-        self._poke.set()
-        self._wanted.set()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        self._stop_readers()
-        pending = [t for t in (self._heartbeat, self._watcher, *self._tasks) if t is not None]
-        await asyncio.gather(*pending, return_exceptions=True)
-        engine = self._engine
-        if engine is not None and self._core.pid == os.getpid():
-            try:
-                await self._give_back(engine)
-            finally:
-                for lease in self._leases.values():
-                    lease._released = True  # noqa: SLF001
-                self._leases.clear()
-                await engine.dispose()
-                if self._writer is not None:
-                    self._writer.close()
-        self._wake.close()
-        self._pids.close()
-
-    async def _give_back(self, engine: AsyncEngine) -> None:
-        """At close: delete this limiter's rows from the database its path now names."""
-        core = self._core
-        replaced = core.file_replaced()
-        if replaced and (core.target.path is None or not core.target.path.exists()):
-            return  # deleted, and our rows with it: never recreate a database just to close
-        if replaced:  # our rows went with the old file, except any a reopen carried over
-            engine = create_aiosqlite_engine(
-                core.target, busy_timeout_ms=core.busy_timeout_ms, pool_size=1
-            )
-        try:
-            with (
-                contextlib.suppress(*((StorageError,) if replaced else ())),
-                translate_driver_errors(core.display),
-            ):
-                async with self._turn_to_write(), engine.connect() as conn:
-                    await conn.run_sync(core.release_owner)
-        finally:
-            if replaced:
-                await engine.dispose()
+        runtime = self._runtime
+        if runtime is None:
+            return
+        with contextlib.suppress(LimiterClosedError):  # closed already (at exit, in a child)
+            await _finish(runtime.submit(runtime.close))
 
     async def __aenter__(self) -> AsyncLimiter:
         return await self.open()
@@ -396,8 +268,13 @@ class AsyncLimiter:
         """Never reached: ``__enter__`` refuses plain ``with``."""
 
     def __repr__(self) -> str:
-        held, waiting = len(self._leases), len(self._waiters)
-        state = "closed" if self._closed else f"holding {held}, waiting {waiting}"
+        runtime = self._runtime
+        if self._closed:
+            state = "closed"
+        elif runtime is None:
+            state = "not opened yet"
+        else:
+            state = f"holding {runtime.held}, waiting {len(runtime.waiters)}"
         return f"<AsyncLimiter {self._core.display} {state}>"
 
     @property
@@ -443,9 +320,11 @@ class AsyncLimiter:
         Raises ``AcquireTimeout`` after ``timeout`` seconds; None waits as long as it takes.
         Cancelling the task removes its ticket.
         """
+        runtime = await self._open()
         request = self._core.request(
-            key, None, fallback=False, enqueue=True, label=holder, wake_addr=self._wake.address
-        )
+            key, None, fallback=False, enqueue=True, label=holder,
+            wake_addr=runtime.wake_address,
+        )  # fmt: skip
         outcome = await self._acquire(request, wait=True, timeout=timeout)
         assert isinstance(outcome, AsyncLease)
         return outcome
@@ -462,274 +341,85 @@ class AsyncLimiter:
 
         ``lease = await limiter.acquire(...)``, or ``async with limiter.acquire(...) as lease``.
         """
-        request = self._core.request(
-            primary,
-            fallback_chain,
-            fallback=True,
-            enqueue=True,
-            label=holder,
-            wake_addr=self._wake.address,
-        )
+        core = self._core
+        core.request(primary, fallback_chain, fallback=True, enqueue=True, label=holder)  # checks
 
         async def start() -> AsyncLease:
+            runtime = await self._open()
+            request = core.request(
+                primary,
+                fallback_chain,
+                fallback=True,
+                enqueue=True,
+                label=holder,
+                wake_addr=runtime.wake_address,
+            )
             outcome = await self._acquire(request, wait=True, timeout=timeout)
             assert isinstance(outcome, AsyncLease)
             return outcome
 
         return _Acquiring(start)
 
-    async def _claim(self, request: ClaimRequest) -> ClaimResult:
-        return await self._run(self._core.claim, request, write=True)
-
     async def _acquire(
         self, request: ClaimRequest, *, wait: bool, timeout: float | None
     ) -> AsyncLease | QueueWait:
-        core = self._core
-        deadline = core.deadline(timeout)
-        await self._ensure_open()
-        waiter: _Waiter | None = None
-        inflight: asyncio.Task[ClaimResult] | None = None
-        try:
-            inflight = asyncio.ensure_future(self._claim(request))
-            result = await asyncio.shield(inflight)
-            inflight = None
-            while result.lease is None:
-                if not wait:
-                    return QueueWait(request.primary, core.refusal(result))
-                if deadline is not None and monotonic() >= deadline:
-                    raise core.timeout_error(request, result, timeout)
-                request = core.with_ticket(request, result)
-                if waiter is None:
-                    waiter = self._register(request)
-                waiter.request = request
-                await self._wait_for_turn(waiter, deadline)
-                inflight = asyncio.ensure_future(self._claim(request))
-                result = await asyncio.shield(inflight)
-                inflight = None
-            return self._adopt(result.lease)
-        except BaseException:
-            if wait or inflight is not None:
-                await self._undo(request, inflight)
-            raise
-        finally:
-            if waiter is not None:
-                self._waiters.pop(request.ticket_token, None)
+        """Run the runtime's acquire loop, awaiting at each step."""
+        runtime = await self._open()
 
-    async def _undo(
-        self, request: ClaimRequest, inflight: asyncio.Task[ClaimResult] | None
-    ) -> None:
-        """After a cancelled or failed acquire: let its claim finish, then remove what it left."""
+        def factory(record: LeaseRecord) -> AsyncLease:
+            return AsyncLease(self, record, runtime)
 
-        async def undo() -> None:
-            if inflight is not None:
-                with contextlib.suppress(BaseException):
-                    await inflight  # a claim is never cut off halfway through its transaction
-            with contextlib.suppress(Exception):
-                await self._run(self._core.discard, request, write=True)
-
-        task = asyncio.ensure_future(undo())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        # If we are cancelled again meanwhile, the cleanup still runs to completion.
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-
-    def _register(self, request: ClaimRequest) -> _Waiter:
-        waiter = _Waiter(request)
-        self._waiters[request.ticket_token] = waiter
-        self._wanted.set()
-        self._poke.set()  # the watcher looks at once, with the new waiter in view
-        self._ensure_task("_watcher", self._watch)
-        self._ensure_task("_heartbeat", self._beat)
-        return waiter
-
-    async def _wait_for_turn(self, waiter: _Waiter, deadline: float | None) -> None:
-        """Sleep until this waiter is woken (its turn may have come), or the deadline."""
-        remaining = SAFETY_CLAIM_SECS
-        if deadline is not None:
-            remaining = min(remaining, max(0.0, deadline - monotonic()))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(waiter.event.wait(), remaining)
-        waiter.event.clear()
-        if self._closed:
-            raise LimiterClosedError(
-                f"AsyncLimiter on {self._core.display} was closed while waiting"
-            )
-
-    def _adopt(self, record: LeaseRecord | None) -> AsyncLease:
-        # No await between the claim's return and here: a cancellation cannot strand the lease.
-        assert record is not None
-        lease = AsyncLease(self, record)
-        if self._closed:
-            task = asyncio.ensure_future(lease.release())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            raise LimiterClosedError(
-                f"AsyncLimiter on {self._core.display} was closed while acquiring"
-            )
-        self._leases[lease.token] = lease
-        self._ensure_task("_heartbeat", self._beat)
-        return lease
-
-    async def _release(self, lease: AsyncLease) -> None:
-        released = await self._run(self._core.release, lease.id, lease.token, write=True)
-        self._leases.pop(lease.token, None)
-        if not released:
-            lease._mark_lost()  # noqa: SLF001
-            log.warning("%r was reclaimed before its release (it had expired)", lease)
-
-    # --- background tasks ------------------------------------------------------------------------
-
-    def _ensure_task(self, attribute: str, factory: Callable[[], Any]) -> None:
-        current: asyncio.Task[None] | None = getattr(self, attribute)
-        if (current is None or current.done()) and not self._closed:
-            setattr(self, attribute, asyncio.ensure_future(factory()))
-
-    async def _watch(self) -> None:
-        """Wake the waiting tasks whose turn has come (see the module docstring).
-
-        Runs for the limiter's life once started, holding a connection only while tasks wait.
-        """
-        await self._ensure_open()
-        self._start_reader(self._wake.fileno(), self._on_datagram)
-        while not self._closed:
-            if not self._waiters:
-                # No await between this check and clear(): a task registering now sets it after.
-                self._wanted.clear()
-                await self._wanted.wait()
-                continue
+        steps: Generator[Step, Any, AsyncLease | QueueWait] = runtime.acquire_steps(
+            request, wait=wait, timeout=timeout, factory=factory, new_waiter=_TaskWaiter
+        )
+        value: Any = None
+        error: BaseException | None = None
+        while True:
             try:
-                async with (await self._ensure_open()).connect() as conn:
-                    await self._watch_on(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - wake everyone: their own claims report errors
-                log.warning("waiter watch of %r failed: %s", self, exc)
-                for waiter in self._waiters.values():
-                    waiter.event.set()
-                await asyncio.sleep(self._core.max_poll_interval)
-
-    async def _watch_on(self, conn: AsyncConnection) -> None:
-        core = self._core
-        version, look, looked = -1, True, -math.inf
-        sweep_due, expiry_due = monotonic() + core.max_poll_interval, math.inf
-        engine = self._engine
-        while self._waiters and not self._closed and self._engine is engine:
-            if self._sweep_now:
-                self._sweep_now, look = False, True
-                async with self._turn_to_write():
-                    await conn.run_sync(core.reap)
-                interval = WATCHED_SWEEP_SECS if self._pids.complete else core.max_poll_interval
-                sweep_due = monotonic() + interval
-            if look:
-                look, looked = False, monotonic()
-                version = await conn.run_sync(data_version)  # before looking, as in _limiter
-                waiters = list(self._waiters.values())
-                flags, outlook = await conn.run_sync(core.could_grant, [w.request for w in waiters])
-                for waiter, could in zip(waiters, flags, strict=True):
-                    if could:
-                        waiter.event.set()
-                self._drop_pid_readers()  # before update() closes (and the kernel reuses) fds
-                self._sweep_now = self._pids.update(outlook.holders)
-                for fd in self._pids.fds():
-                    self._start_reader(fd, self._on_death)
-                if outlook.next_expiry is not None:
-                    expiry_due = monotonic() + max(0.0, outlook.next_expiry - core.clock()) + 0.001
-                if self._sweep_now:
-                    continue
-            now = monotonic()
-            timeout = max(0.0, min(core.poll_interval, sweep_due - now, expiry_due - now))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), timeout)
-            if self._poke.is_set():
-                self._poke.clear()
-                look = True
-            now = monotonic()
-            if now >= sweep_due or now >= expiry_due:
-                self._sweep_now, expiry_due = True, math.inf
-            if monotonic() - looked >= core.poll_interval:  # at most once per poll (_limiter)
-                look = await conn.run_sync(data_version) != version
-
-    def _start_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        if fd >= 0 and fd not in self._readers:
-            asyncio.get_running_loop().add_reader(fd, callback)
-            self._readers.add(fd)
-
-    def _stop_readers(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop may already be closed
-            loop = asyncio.get_running_loop()
-            for fd in self._readers:
-                loop.remove_reader(fd)
-        self._readers.clear()
-
-    def _drop_pid_readers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for fd in self._readers - {self._wake.fileno()}:
-            loop.remove_reader(fd)
-            self._readers.discard(fd)
-
-    def _on_datagram(self) -> None:
-        tickets = self._wake.drain()
-        for waiter in self._waiters.values():
-            if waiter.request.ticket in tickets:
-                waiter.event.set()
-
-    def _on_death(self) -> None:
-        # A pidfd stays readable once its process exited: stop listening until the next look.
-        readable, _, _ = select.select(self._pids.fds(), [], [], 0)
-        self._pids.exited(readable)
-        self._drop_pid_readers()
-        self._sweep_now = True
-        self._poke.set()
-
-    async def _beat(self) -> None:
-        # close() cancels this task; a renewal it interrupts still completes (see _run).
-        while not self._closed:
-            await asyncio.sleep(self._core.ttl / 3)
-            if not self._leases and not self._waiters:
-                continue
+                step = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
             try:
-                await self.renew()
-            except Exception as exc:  # noqa: BLE001 - a heartbeat must outlive a bad moment
-                log.warning("heartbeat of %r failed: %s", self, exc)
+                if isinstance(step, Claim):
+                    value = await self._transact(partial(runtime.claim, step.request, factory))
+                elif isinstance(step, Wait):
+                    assert isinstance(step.waiter, _TaskWaiter)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(step.waiter.event.wait(), step.seconds)
+                    step.waiter.event.clear()
+                else:
+                    await self._transact(partial(runtime.discard, step.request))
+            except BaseException as exc:  # noqa: BLE001 - thrown back into the loop
+                error = exc
 
     async def renew(self) -> list[AsyncLease]:
         """Renew every lease and ticket this limiter holds now; returns leases found lost.
 
-        The heartbeat task does this every TTL/3.
+        The heartbeat thread does this every TTL/3.
         """
-        held = dict(self._leases)
-        expires, lost_tokens = await self._run(self._core.renew, list(held), write=True)
-        lost = []
-        for token, lease in held.items():
-            if lease.released:
-                continue  # released cleanly while the renewal waited for its turn
-            if token in lost_tokens:
-                lease._mark_lost()  # noqa: SLF001
-                self._leases.pop(token, None)
-                lost.append(lease)
-                self._core.log_lost(lease)
-            else:
-                lease.expires_ts = expires
-        return lost
+        runtime = await self._open()
+        return await _finish(runtime.submit(runtime.renew))  # type: ignore[arg-type]
 
     # --- reading -------------------------------------------------------------------------------
+    # Reads run inline: WAL readers take no lock and never wait for a writer.
 
     async def resolve_limit(self, key: ModelKey | str) -> int:
         """The limit in force for ``key``: its ``models`` row, else this config's rule."""
-        return await self._run(self._core.resolve_limit, key)
+        runtime = await self._open()
+        return runtime.read(lambda conn: self._core.resolve_limit(conn, key))
 
     async def leases(self) -> list[LeaseInfo]:
         """Every lease in the database (all processes), oldest first."""
-        return await self._run(self._core.leases)
+        return (await self._open()).read(self._core.leases)
 
     async def waiters(self) -> list[TicketInfo]:
         """Every queued waiter (all processes), in the order they will be served."""
-        return await self._run(self._core.waiters)
+        return (await self._open()).read(self._core.waiters)
 
     async def status(self) -> Status:
         """The global cap and each model's limit, use and queue."""
-        return await self._run(self._core.status)
+        return (await self._open()).read(self._core.status)
 
     async def explain(
         self,
@@ -737,12 +427,10 @@ class AsyncLimiter:
         fallback_chain: Iterable[ModelKey | str] | str | None = None,
     ) -> Explanation:
         """The candidates ``acquire_with_fallback`` would try now, in order, each with a reason."""
-
-        def explain(conn: Connection) -> Explanation:
-            return self._core.explain(conn, primary, fallback_chain)
-
-        return await self._run(explain)
+        runtime = await self._open()
+        return runtime.read(lambda conn: self._core.explain(conn, primary, fallback_chain))
 
     async def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now."""
-        return await self._run(self._core.reap, write=True)
+        runtime = await self._open()
+        return await self._transact(partial(runtime.write, self._core.reap))

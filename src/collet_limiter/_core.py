@@ -47,6 +47,22 @@ if TYPE_CHECKING:
 
 log: Final = logging.getLogger("collet_limiter")
 
+# Key in a connection's ``info``: a list that collects the wake-ups of the transactions run on it,
+# for the caller to send after it gives up its turn to write (a woken waiter's first act is to
+# write, so waking it while we still hold the writer lock would only make it block on us).
+WAKE_KEY: Final = "collet_limiter_wake"
+
+
+def wake_after_commit(conn: Connection, targets: list[tuple[str, int]]) -> None:
+    """Wake ``targets`` now, or later if the caller collects wake-ups on ``conn`` (``WAKE_KEY``)."""
+    if not targets:
+        return
+    pending: list[tuple[str, int]] | None = conn.info.get(WAKE_KEY)
+    if pending is None:
+        notify(targets)
+    else:
+        pending.extend(targets)
+
 
 def _positive(name: str, value: float | None, default: float) -> float:
     if value is None:
@@ -293,7 +309,7 @@ class Core:
         """One claim attempt in a write transaction, logged."""
         with write_transaction(conn):
             result = _claim.claim(conn, request, self.clock(), self.demand)
-        notify(result.wake)
+        wake_after_commit(conn, result.wake)
         self.log_claim(request, result)
         return result
 
@@ -312,7 +328,7 @@ class Core:
         with write_transaction(conn):
             released = _store.release(conn, lease_id, token)
             wake = _store.wake_targets(conn) if released else []
-        notify(wake)
+        wake_after_commit(conn, wake)
         return released
 
     def discard(self, conn: Connection, request: ClaimRequest) -> None:
@@ -320,14 +336,14 @@ class Core:
         with write_transaction(conn):
             _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
             wake = _store.wake_targets(conn)
-        notify(wake)
+        wake_after_commit(conn, wake)
 
     def release_owner(self, conn: Connection) -> None:
         """Delete every lease and ticket of this limiter instance."""
         with write_transaction(conn):
             _store.release_owner(conn, self.owner)
             wake = _store.wake_targets(conn)
-        notify(wake)
+        wake_after_commit(conn, wake)
 
     def renew(self, conn: Connection, tokens: Collection[str]) -> tuple[float, set[str]]:
         """Renew this instance's leases and tickets; returns (new expiry, tokens found lost)."""
@@ -350,7 +366,7 @@ class Core:
         with write_transaction(conn):
             removed = _store.reap(conn, self.clock(), my_host=self.holder.host_id)
             wake = _store.wake_targets(conn) if removed else []
-        notify(wake)
+        wake_after_commit(conn, wake)
         for item in removed:
             log_reaped(item)
         return [Reaped.from_removed(item) for item in removed]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 from ._store import utc_datetime
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
 
     from ._fallback import Via
     from ._keys import ModelKey
+    from ._runtime import Runtime
     from ._store import LeaseRecord
 
 
@@ -21,12 +23,16 @@ class BaseLease:
     A lease is advisory: it is a row that other processes respect. A holder that stalls for
     longer than the lease TTL (SIGSTOP, a frozen VM) may find its lease reclaimed; the
     heartbeat then marks it ``lost`` and logs a warning, and its release does nothing.
+
+    A lease garbage-collected without being released is given back by its limiter's heartbeat,
+    with a ``ResourceWarning``, as an unclosed file is.
     """
 
-    __slots__ = ("_lost", "_pid", "_record", "_released", "expires_ts")
+    __slots__ = ("__weakref__", "_lost", "_pid", "_record", "_released", "_runtime", "expires_ts")
 
-    def __init__(self, record: LeaseRecord) -> None:
+    def __init__(self, record: LeaseRecord, runtime: Runtime) -> None:
         self._record = record
+        self._runtime = runtime
         self._pid = os.getpid()
         self._lost = False
         self._released = False
@@ -93,6 +99,14 @@ class BaseLease:
         self._released = True
         # A lease inherited across fork() stays the parent's: the child never deletes it.
         return self._pid == os.getpid() and not self._lost
+
+    def __del__(self) -> None:
+        if getattr(self, "_released", True) or self._lost or self._pid != os.getpid():
+            return  # released, lost, inherited across fork(), or never fully built
+        message = f"{self!r} was garbage-collected without release(); giving its slot back"
+        self._released = True
+        self._runtime.drop(self._record.id, self._record.token)
+        warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
 
     def __repr__(self) -> str:
         state = "lost" if self._lost else "released" if self._released else "held"

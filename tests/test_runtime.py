@@ -1,0 +1,420 @@
+"""The runtime both faces share: the defects a review found, each forced to happen for real.
+
+The interleavings are forced with real kernel locks held by the test (``flock`` on
+``<db>.lock``) or a trace function that stops a thread at a known call, and observed through
+``/proc`` and the database itself. All but two failed on the two-copy code before the runtime:
+the close race and the forked async child passed there too (the window the review found lay
+between the closed check and the turn to write, which no longer exist apart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import gc
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from collet_limiter import (
+    AcquireTimeout,
+    AsyncLimiter,
+    Limiter,
+    LimiterClosedError,
+    LimiterError,
+    SchemaVersionError,
+    _wake,
+)
+
+from .conftest import make_config
+from .flocks import flock_waiters
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+ONE = make_config(collaboration={"max_agents": 10}, models=[{"name": "m", "concurrency_limit": 1}])
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"not in time: {what}"
+        time.sleep(0.002)
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+@contextlib.contextmanager
+def writer_lock_held(db: Path) -> Iterator[None]:
+    """Hold ``<db>.lock`` as another writer would: every write of the limiter waits for us."""
+    fd = os.open(f"{db}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def innermost(thread: threading.Thread) -> str:
+    """The name of the Python function ``thread`` is in now."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return frame.f_code.co_name if frame is not None else ""
+
+
+def test_close_racing_an_acquire_leaves_no_row_and_the_acquire_says_closed(db: Path) -> None:
+    """The acquire is past its closed check, on its way to write (stopped by a trace function
+    as it checks whether the file was replaced), when close() runs: it must not write after
+    close gave the rows back, nor use the closed writer-lock descriptor."""
+    from collet_limiter._core import Core
+
+    limiter = Limiter(db, config=ONE)
+    paused, resume = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    got: list[Any] = []
+    target = Core.file_replaced.__code__
+
+    def pause(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code is target and not paused.is_set():
+            paused.set()
+            resume.wait(60)
+        return None
+
+    def acquire() -> None:
+        sys.settrace(pause)
+        try:
+            got.append(limiter.acquire("p/m"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=acquire)
+    thread.start()
+    assert paused.wait(30)
+    closer = threading.Thread(target=limiter.close)
+    closer.start()
+    # close() either finishes, or waits for the acquire's turn to write to end.
+    wait_for(lambda: not closer.is_alive() or innermost(closer) == "close", what="close ran")
+    resume.set()
+    thread.join(30)
+    closer.join(30)
+    assert not thread.is_alive() and not closer.is_alive()
+    assert not got
+    assert len(errors) == 1 and isinstance(errors[0], LimiterClosedError), errors
+    assert rows(db, "select count(*) from leases") == [(0,)]
+    assert rows(db, "select count(*) from waiters") == [(0,)]
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_failed_opens_leak_no_descriptor(db: Path, face: str) -> None:
+    with Limiter(db, config=ONE):
+        pass
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("update alembic_version set version_num = 'from-the-future'")
+        conn.commit()
+    before = open_fds()
+
+    def open_once() -> None:
+        if face == "sync":
+            Limiter(db, config=ONE)
+        else:
+            asyncio.run(AsyncLimiter(db, config=ONE).open())
+
+    for _ in range(50):
+        with pytest.raises(SchemaVersionError):
+            open_once()
+    gc.collect()
+    assert open_fds() - before == set()
+
+
+def test_a_process_with_more_than_1023_descriptors_is_still_woken_by_push(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """select() fails above descriptor 1023; the watcher must keep working (poll)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048:
+        pytest.skip(f"the hard descriptor limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    padding = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(padding) > 1023
+        config = make_config(
+            collaboration={"max_agents": 10},
+            models=[{"name": "m", "concurrency_limit": 1}],
+            limiter={"poll_interval_ms": 60_000, "max_poll_interval_ms": 60_000},
+        )
+        with Limiter(db, config=config) as holder, Limiter(db, config=config) as waiter:
+            lease = holder.acquire("p/m")
+            got: list[Any] = []
+            thread = threading.Thread(target=lambda: got.append(waiter.acquire_wait("p/m", 50)))
+            thread.start()
+            wait_for(lambda: len(waiter.waiters()) == 1)
+            started = time.monotonic()
+            lease.release()
+            thread.join(60)
+            # Only the push can wake it before its minute-long poll.
+            assert got and time.monotonic() - started < 20
+            got[0].release()
+    finally:
+        for fd in padding:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "out of range" not in caplog.text
+
+
+def test_a_lease_garbage_collected_unreleased_is_given_back_with_a_resource_warning(
+    db: Path,
+) -> None:
+    with Limiter(db, config=ONE) as limiter:
+        lease = limiter.acquire("p/m")
+        assert rows(db, "select count(*) from leases") == [(1,)]
+        with pytest.warns(ResourceWarning, match="garbage-collected without release"):
+            del lease  # the last reference: collected at once
+        wait_for(lambda: rows(db, "select count(*) from leases") == [(0,)], what="given back")
+        limiter.acquire("p/m", timeout=5).release()  # the slot is free again
+
+
+def test_a_limiter_dropped_without_close_stops_its_threads_and_closes_its_descriptors(
+    db: Path,
+) -> None:
+    before_fds = open_fds()
+    before_threads = set(threading.enumerate())
+    limiter = Limiter(db, config=ONE)
+    lease = limiter.acquire("p/m")
+    lease.release()
+    assert set(threading.enumerate()) - before_threads  # its heartbeat runs
+    del limiter, lease
+    gc.collect()
+    wait_for(lambda: not set(threading.enumerate()) - before_threads, what="threads stopped")
+    wait_for(lambda: not open_fds() - before_fds, what="descriptors closed")
+
+
+def test_an_os_error_from_checking_the_file_is_a_limiter_error(tmp_path: Path) -> None:
+    """The replaced-file check stats the path; ELOOP (a directory swapped for a symlink loop)
+    must come out as a LimiterError, not an OSError of the os module."""
+    home = tmp_path / "d"
+    home.mkdir()
+    db = home / "limiter.db"
+    with Limiter(db, config=ONE) as limiter:
+        home.rename(tmp_path / "moved")
+        home.symlink_to(home)  # d -> d: every lookup through it loops
+        with pytest.raises(LimiterError) as info:
+            limiter.acquire("p/m")
+        assert "loop" in str(info.value).lower() or "symbolic" in str(info.value).lower()
+        home.unlink()
+        (tmp_path / "moved").rename(home)
+
+
+def test_a_claim_waiting_for_its_turn_while_the_file_is_replaced_lands_in_the_new_file(
+    db: Path,
+) -> None:
+    with Limiter(db, config=ONE) as limiter:
+        limiter.acquire("p/m").release()  # opened, the lock file exists
+        got: list[Any] = []
+        with writer_lock_held(db):
+            thread = threading.Thread(target=lambda: got.append(limiter.acquire("p/m")))
+            thread.start()
+            wait_for(lambda: os.getpid() in flock_waiters(db.with_name(db.name + ".lock")))
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{db}{suffix}")
+        thread.join(30)
+        assert got, "the acquire finished"
+        assert rows(db, "select token from leases") == [(got[0].token,)]
+        got[0].release()
+
+
+def test_keyboard_interrupt_right_after_a_fallback_claim_committed_leaves_no_lease(
+    db: Path,
+) -> None:
+    """The interrupt lands between the claim's commit and the lease's hand-over (forced with a
+    trace function that raises it when the lease object is built)."""
+    from collet_limiter._lease import BaseLease
+
+    target = BaseLease.__init__.__code__
+
+    def interrupt(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code is target:
+            sys.settrace(None)
+            raise KeyboardInterrupt
+        return None
+
+    with Limiter(db, config=ONE) as limiter:
+        sys.settrace(interrupt)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                limiter.acquire_with_fallback("p/m")
+        finally:
+            sys.settrace(None)
+        assert rows(db, "select count(*) from leases") == [(0,)]
+        limiter.acquire("p/m", timeout=0).release()
+
+
+def test_wake_ups_are_sent_after_the_writer_lock_is_given_up(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock_path = f"{db}.lock"
+    free_when_sent: list[bool] = []
+    send = _wake._sender.send
+
+    def observing_send(targets: Any) -> None:
+        targets = list(targets)
+        if targets:
+            fd = os.open(lock_path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                free_when_sent.append(True)
+            except BlockingIOError:
+                free_when_sent.append(False)
+            finally:
+                os.close(fd)
+        send(targets)
+
+    with Limiter(db, config=ONE) as holder, Limiter(db, config=ONE) as waiter:
+        lease = holder.acquire("p/m")
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(waiter.acquire_wait("p/m", 30)))
+        thread.start()
+        wait_for(lambda: len(holder.waiters()) == 1)
+        monkeypatch.setattr(_wake._sender, "send", observing_send)
+        lease.release()
+        thread.join(30)
+        monkeypatch.undo()
+        got[0].release()
+    assert free_when_sent and all(free_when_sent), free_when_sent
+
+
+def test_an_async_lease_survives_an_event_loop_blocked_longer_than_its_ttl(db: Path) -> None:
+    """A synchronous call inside a coroutine blocks the loop for 2.5 TTLs: the heartbeat is a
+    thread, so the lease is renewed and another limiter is never granted the slot meanwhile."""
+    ttl = 0.6
+    stop = threading.Event()
+    intruders: list[str] = []
+
+    def contend() -> None:
+        with Limiter(db, config=ONE, lease_ttl=ttl) as other:
+            while not stop.is_set():
+                result = other.acquire_with_fallback("p/m")
+                if not hasattr(result, "reason"):
+                    intruders.append(str(result))
+                    result.lease.release()  # type: ignore[union-attr]
+                time.sleep(0.01)
+
+    async def main() -> bool:
+        async with AsyncLimiter(db, config=ONE, lease_ttl=ttl) as limiter:
+            lease = await limiter.acquire("p/m")
+            thread = threading.Thread(target=contend)
+            thread.start()
+            time.sleep(2.5 * ttl)
+            stop.set()
+            thread.join(30)
+            lost = lease.lost
+            await lease.release()
+            return lost
+
+    assert asyncio.run(main()) is False
+    assert intruders == []
+
+
+def test_an_async_limiter_left_open_at_exit_gives_its_rows_back(db: Path) -> None:
+    code = textwrap.dedent(f"""
+        import asyncio
+        from collet_limiter import AsyncLimiter, Config
+        async def main():
+            limiter = AsyncLimiter({str(db)!r}, config=Config())
+            global lease
+            lease = await limiter.acquire("p/m")
+            print("HELD", flush=True)
+        asyncio.run(main())
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HELD" in result.stdout
+    assert rows(db, "select count(*) from leases") == [(0,)]
+
+
+def test_a_forked_child_uses_its_async_limiter_afresh(db: Path) -> None:
+    async def hold() -> Any:
+        limiter = AsyncLimiter(db, config=make_config(
+            collaboration={"max_agents": 10},
+            models=[{"name": "m", "concurrency_limit": 1}, {"name": "n", "concurrency_limit": 1}],
+        ))  # fmt: skip
+        return limiter, await limiter.acquire("p/m")
+
+    loop = asyncio.new_event_loop()
+    limiter, lease = loop.run_until_complete(hold())
+    pid = os.fork()
+    if pid == 0:  # the child: a new loop, the same limiter object
+        code = 1
+        try:
+
+            async def child() -> None:
+                with pytest.raises(AcquireTimeout):  # the parent's lease still counts
+                    await limiter.acquire_wait("p/m", timeout=0)
+                other = await limiter.acquire("p/n", timeout=5)
+                await other.release()
+                await limiter.close()
+
+            asyncio.run(child())
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not lease.released and rows(db, "select count(*) from leases") == [(1,)]
+    loop.run_until_complete(lease.release())
+    loop.run_until_complete(limiter.close())
+    loop.close()
+
+
+def test_a_cancelled_async_acquire_waiting_for_the_writer_lock_leaves_nothing(db: Path) -> None:
+    """The transaction cannot start inline (another process holds the writer lock), so it runs
+    on the worker; the task is cancelled meanwhile and must not leave a lease or a ticket."""
+
+    async def main() -> None:
+        async with AsyncLimiter(db, config=ONE) as limiter:
+            with writer_lock_held(db):
+                task = asyncio.ensure_future(limiter.acquire("p/m"))
+                lock = db.with_name(db.name + ".lock")
+                while os.getpid() not in flock_waiters(lock):
+                    await asyncio.sleep(0.002)
+                task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert rows(db, "select count(*) from leases") == [(0,)]
+            assert rows(db, "select count(*) from waiters") == [(0,)]
+
+    asyncio.run(main())
+
+
+def test_the_acquire_loop_is_written_once() -> None:
+    """Neither face implements claiming, queueing or undoing itself: both run the runtime's
+    steps (a guard against the two copies coming back)."""
+    import inspect
+
+    from collet_limiter import _aio, _limiter
+
+    for module in (_aio, _limiter):
+        source = inspect.getsource(module)
+        assert "acquire_steps(" in source
+        for private in ("core.claim(", "core.discard(", "with_ticket(", "core.release("):
+            assert private not in source, (module.__name__, private)
