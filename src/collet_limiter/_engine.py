@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from sqlalchemy.engine import URL, Connection, Engine
-    from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.sql.expression import ClauseElement
 
 # Key in a connection's ``info`` marking that its next transaction will write (a plain dict
@@ -118,7 +117,7 @@ def _try_wal(cursor: Any, *, last_try: bool) -> bool:
         (mode,) = cursor.fetchone()
         if str(mode).lower() != "wal":
             cursor.execute("PRAGMA journal_mode = WAL")
-    except Exception as exc:  # the driver's OperationalError (sqlite3 or aiosqlite's adapter)
+    except Exception as exc:  # the driver's OperationalError
         if last_try or "locked" not in str(exc).lower():
             raise
         return False
@@ -195,27 +194,6 @@ def create_sqlite_inspect_engine(
     )
     event.listen(engine, "connect", configure)
     event.listen(engine, "begin", _on_begin)
-    return engine
-
-
-def create_aiosqlite_engine(target: Target, *, busy_timeout_ms: int, pool_size: int) -> AsyncEngine:
-    """An asyncio engine (aiosqlite) on a SQLite file, with the same pragmas and BEGIN control.
-
-    The caller bounds how many connections are in use at once (``pool_size``), so checkouts
-    never wait on the pool's own timeout.
-    """
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(
-        target.url.set(drivername="sqlite+aiosqlite"),
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=3600,
-        pool_reset_on_return=None,  # as in create_sqlite_engine; here each ROLLBACK is a thread hop
-        connect_args={"timeout": busy_timeout_ms / 1000},
-    )
-    event.listen(engine.sync_engine, "connect", _on_connect(busy_timeout_ms))
-    event.listen(engine.sync_engine, "begin", _on_begin)
     return engine
 
 
