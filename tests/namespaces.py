@@ -1,4 +1,4 @@
-"""Real Linux namespaces for the tests: another PID namespace, another network namespace.
+"""Real Linux namespaces for the tests: another PID, network or mount namespace.
 
 A worker started under ``unshare`` is a real process in a real namespace, so what the limiter
 cannot see across the boundary (a PID, an abstract Unix socket) is really out of its sight.
@@ -35,6 +35,19 @@ NEW_PID_NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child
 # A new network namespace: its abstract Unix sockets are apart from everyone else's. unshare
 # execs the worker itself, so the Popen's PID is the worker's.
 NEW_NET_NAMESPACE = ("unshare", "--net")
+# A new private mount namespace in which the command's own /proc/PID/mounts (what
+# /proc/self/mounts points to) is the file given first: sh bind-mounts it over /proc/$$/mounts,
+# then execs the command, which keeps sh's PID. unshare execs sh, so no process is in between.
+WITH_MOUNT_TABLE = (
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind "$1" "/proc/$$/mounts" && shift && exec "$@"',
+    "sh",
+)
 
 
 def forked_child(launcher: subprocess.Popen[str]) -> int:
@@ -71,3 +84,23 @@ def worker(*args: str, prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen[
         for stream in (child.stdin, child.stdout, child.stderr):
             if stream is not None:
                 stream.close()
+
+
+def run_with_mount_table(table: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion seeing ``table`` as its mount table (``/proc/self/mounts``).
+
+    The kernel serves the file: nothing in the command is replaced. Skips the test without root,
+    ``unshare`` or ``mount``, or when making the namespace or the bind mount is refused.
+    """
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs root, unshare and mount for a private mount namespace")
+    result = subprocess.run(
+        [*WITH_MOUNT_TABLE, str(table), *argv],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0 and result.stderr.startswith(("unshare:", "mount:")):
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()[-200:]}")
+    return result

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from collet_limiter import (
     load_config,
 )
 from collet_limiter._schema import SCHEMA_REVISION
+
+from .namespaces import run_with_mount_table
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -370,43 +371,22 @@ def test_a_database_on_a_network_filesystem_is_used_with_a_warning(tmp_path: Pat
     """No NFS server here: in a private mount namespace, a mount table naming ``nfs4`` for the
     database's directory is bind-mounted over the child's own ``/proc/PID/mounts``, which is
     what the limiter reads. The kernel serves it; nothing in Python is replaced."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare for a private mount namespace")
     share = tmp_path / "share"
     share.mkdir()
     mounts = tmp_path / "mounts"
     mounts.write_text(f"server:/export {share} nfs4 rw,relatime 0 0\n")
     code = textwrap.dedent(
         """
-        import logging, os, subprocess, sys
-        subprocess.run(["mount", "--bind", sys.argv[1], f"/proc/{os.getpid()}/mounts"], check=True)
+        import logging, sys
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         from collet_limiter import Limiter
-        with Limiter(sys.argv[2]) as limiter:
+        with Limiter(sys.argv[1]) as limiter:
             limiter.acquire("p/m").release()
         print("USED")
         """
     )
     db = share / "limiter.db"
-    result = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            sys.executable,
-            "-c",
-            code,
-            str(mounts),
-            str(db),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if "mount" in result.stderr and result.returncode != 0 and "USED" not in result.stdout:
-        pytest.skip(f"no private mount namespace here: {result.stderr.strip()[-200:]}")
+    result = run_with_mount_table(mounts, sys.executable, "-c", code, str(db))
     assert result.stdout.strip() == "USED", result.stderr
     assert (
         f"WARNING {db} is on a network filesystem: SQLite's WAL mode needs a local one (shared "

@@ -22,7 +22,17 @@ from collet_limiter._schema import SCHEMA_REVISION
 from collet_limiter.cli import _main
 from collet_limiter.cli._app import cli as click_group
 
-from .cli_helpers import CONFIG, ROOT, TIMEOUT, query, run_cli, wait_until, waiter_count
+from .cli_helpers import (
+    CONFIG,
+    ROOT,
+    TIMEOUT,
+    cli_command,
+    query,
+    run_cli,
+    wait_until,
+    waiter_count,
+)
+from .namespaces import run_with_mount_table
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -441,19 +451,22 @@ def test_doctor_reports_problems_and_exits_1(
 
 
 def test_doctor_reports_a_network_filesystem(
-    cli: Callable[..., tuple[int, str, str]],
-    db: Path,
-    config: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    cli: Callable[..., tuple[int, str, str]], db: Path, config: Path, tmp_path: Path
 ) -> None:
-    """There is no NFS mount here: only the mount-table lookup is replaced; the rest is real."""
+    """No NFS server here: the real command runs in a private mount namespace where a mount
+    table naming ``nfs4`` for the database's directory is bind-mounted over its own
+    ``/proc/PID/mounts``, which is what it reads. The kernel serves it; nothing is replaced."""
     assert cli("--db", str(db), "--config", str(config), "init")[0] == 0
-    monkeypatch.setattr("collet_limiter._doctor.filesystem_type", lambda path: "nfs4")
-    status, out, _ = cli("--db", str(db), "--config", str(config), "doctor")
-    assert status == 1
-    assert "filesystem   nfs4 (network: WAL is unsafe)" in out
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"server:/export {db.parent} nfs4 rw,relatime 0 0\n")
+    result = run_with_mount_table(
+        mounts, *cli_command("--db", str(db), "--config", str(config), "doctor")
+    )
+    assert result.returncode == 1, result.stderr
+    assert "filesystem   nfs4 (network: WAL is unsafe)" in result.stdout
     assert (
-        "problem: it is on a network filesystem (nfs4): SQLite's WAL mode needs a local one" in out
+        "problem: it is on a network filesystem (nfs4): SQLite's WAL mode needs a local one"
+        in result.stdout
     )
 
 
