@@ -321,6 +321,20 @@ class Reference:
             ticket = new_ticket
         return Outcome(None, ticket, requeued, reaped)
 
+    def serve(self) -> list[int]:
+        """Grant every ticket the walk admits, as woken waiters claim; returns their ids.
+
+        Each lease takes its ticket's id and ``via`` "queue". Serving twice grants nothing more:
+        what the walk refused it refuses again once the admitted tickets hold their slots.
+        """
+        admitted, _, _ = self.walk()
+        for tid in admitted:
+            ticket = self.tickets.pop(tid)
+            self.leases[tid] = Holding(
+                ticket.key, ticket.owner, ticket.token, self.now + self.ttl, "queue"
+            )
+        return admitted
+
     def holds(self, lease_id: int, token: str) -> bool:
         """Whether the lease with this id and token is still stored."""
         return lease_id in self.leases and self.leases[lease_id].token == token

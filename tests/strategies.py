@@ -245,3 +245,33 @@ def to_toml(doc: dict[str, Any]) -> str:
 
 def _is_table_array(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+# --- the faces machine (test_stateful_faces) ----------------------------------------------
+
+# Which face each limiter of a run is: the first is sync and the second async, then more of
+# either, so that sync and async waiters always share one queue.
+face_kinds = st.lists(st.booleans(), max_size=2).map(lambda extra: [False, True, *extra])
+# A blocked waiter's timeout: none, or one far longer than a run (it never fires there).
+waiter_timeouts = st.sampled_from([None, 60.0])
+# A timeout meant to expire: 0 is a single try; the others queue a ticket, then give up.
+short_timeouts = st.sampled_from([0, 0.005, 0.03])
+
+
+@st.composite
+def tiered_config_documents(draw: st.DrawFn) -> dict[str, Any]:
+    """A config whose first provider lists models of every tier, with and without tool use.
+
+    Premium (glm-5 with tools, deepseek-r1 without), cheap (glm-4.7-flash with tools, gemma-3
+    and o1-mini without) in any order, and a high global cap: a full primary then has
+    capability candidates two tiers down or without tool use, so that the tier rule is tested.
+    """
+    doc = draw(config_documents())
+    models = draw(st.permutations(["glm-5", "deepseek-r1", "glm-4.7-flash", "gemma-3", "o1-mini"]))
+    others = [p for p in doc["providers"] if p["name"] != "zai"]
+    doc["providers"] = [{"name": "zai", "models": models}, *others]
+    doc["collaboration"] = {"max_agents": 8}
+    return doc
+
+
+tiered_configs = tiered_config_documents().map(Config.model_validate)
