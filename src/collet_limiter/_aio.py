@@ -320,11 +320,7 @@ class AsyncLimiter:
         Raises ``AcquireTimeout`` after ``timeout`` seconds; None waits as long as it takes.
         Cancelling the task removes its ticket.
         """
-        runtime = await self._open()
-        request = self._core.request(
-            key, None, fallback=False, enqueue=True, label=holder,
-            wake_addr=runtime.wake_address,
-        )  # fmt: skip
+        request = self._core.request(key, None, fallback=False, enqueue=True, label=holder)
         outcome = await self._acquire(request, wait=True, timeout=timeout)
         assert isinstance(outcome, AsyncLease)
         return outcome
@@ -341,19 +337,11 @@ class AsyncLimiter:
 
         ``lease = await limiter.acquire(...)``, or ``async with limiter.acquire(...) as lease``.
         """
-        core = self._core
-        core.request(primary, fallback_chain, fallback=True, enqueue=True, label=holder)  # checks
+        request = self._core.request(
+            primary, fallback_chain, fallback=True, enqueue=True, label=holder
+        )
 
         async def start() -> AsyncLease:
-            runtime = await self._open()
-            request = core.request(
-                primary,
-                fallback_chain,
-                fallback=True,
-                enqueue=True,
-                label=holder,
-                wake_addr=runtime.wake_address,
-            )
             outcome = await self._acquire(request, wait=True, timeout=timeout)
             assert isinstance(outcome, AsyncLease)
             return outcome

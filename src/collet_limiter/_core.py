@@ -131,7 +131,6 @@ class Core:
         fallback: bool,
         enqueue: bool,
         label: str | None,
-        wake_addr: str | None = None,
     ) -> ClaimRequest:
         """A claim request from this process for ``primary``."""
         if label is not None and not isinstance(label, str):
@@ -148,7 +147,6 @@ class Core:
             token=new_token(),
             ticket_token=new_token(),
             ttl=self.ttl,
-            wake_addr=wake_addr,
         )
 
     @staticmethod

@@ -177,10 +177,7 @@ class Limiter:
 
         Raises ``AcquireTimeout`` after ``timeout`` seconds; None waits as long as it takes.
         """
-        request = self._core.request(
-            key, None, fallback=False, enqueue=True, label=holder,
-            wake_addr=self._runtime.wake_address,
-        )  # fmt: skip
+        request = self._core.request(key, None, fallback=False, enqueue=True, label=holder)
         outcome = self._acquire(request, wait=True, timeout=timeout)
         assert isinstance(outcome, Lease)
         return outcome
@@ -199,12 +196,7 @@ class Limiter:
         slip in between.
         """
         request = self._core.request(
-            primary,
-            fallback_chain,
-            fallback=True,
-            enqueue=True,
-            label=holder,
-            wake_addr=self._runtime.wake_address,
+            primary, fallback_chain, fallback=True, enqueue=True, label=holder
         )
         outcome = self._acquire(request, wait=True, timeout=timeout)
         assert isinstance(outcome, Lease)

@@ -26,6 +26,7 @@ import queue
 import select
 import threading
 import weakref
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from ._claim import ClaimResult
@@ -38,6 +39,7 @@ from ._watcher import Watcher, drain
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator
+    from pathlib import Path
 
     from sqlalchemy.engine import Connection, Engine
 
@@ -207,16 +209,11 @@ class Runtime:
             raise
 
     @property
-    def path(self) -> Any:
+    def path(self) -> Path:
         """The database file."""
         path = self.core.target.path
         assert path is not None
         return path
-
-    @property
-    def wake_address(self) -> str | None:
-        """Where this runtime's waiters are woken (recorded in their tickets)."""
-        return self.wake_socket.address
 
     @property
     def held(self) -> int:
@@ -406,6 +403,8 @@ class Runtime:
         """
         core = self.core
         deadline = core.deadline(timeout)
+        if request.enqueue:  # its ticket says where this runtime's watcher hears wake-ups
+            request = replace(request, wake_addr=self.wake_socket.address)
         waiter: Waiter | None = None
         try:
             outcome = yield Claim(request, factory)
@@ -476,7 +475,11 @@ class Runtime:
 
     def register(self, waiter: Waiter) -> Waiter:
         """Make ``waiter`` one the watcher wakes; start the watcher and heartbeat if needed."""
-        with self.lock:
+        with self.lock:  # close() sets its flag and wakes the registered under this lock
+            if self.closed:
+                raise LimiterClosedError(
+                    f"{self.face} on {self.core.display} was closed while acquiring"
+                )
             self.waiters[waiter.request.ticket_token] = waiter
             self._ensure_thread("_heartbeat", self._beat, "heartbeat")
             self._ensure_thread("_watcher", self.watcher.run, "watcher")
