@@ -25,7 +25,9 @@ from ._store import (
     Outlook,
     Removed,
     ensure_models,
+    grant_waiting,
     held_counts,
+    lease_by_token,
     max_agents,
     outlook,
     read_models,
@@ -34,7 +36,6 @@ from ._store import (
     ticket_exists,
     utc_text,
     waiters_detail,
-    wake_targets,
 )
 
 if TYPE_CHECKING:
@@ -272,6 +273,10 @@ def claim(
     Reaping happens only when the primary could not be granted, and is followed by a second
     decision: an uncontended acquire never pays for it.
     """
+    if request.ticket is not None:
+        granted_already = lease_by_token(conn, request.token)
+        if granted_already is not None:  # a release granted it from our ticket
+            return ClaimResult(granted_already, None)
     fast = _try_fast(conn, request, now)
     if fast is not None:
         return ClaimResult(fast, None)
@@ -301,7 +306,7 @@ def claim(
     elif ticket is None and (request.enqueue or requeued):
         result.ticket = enqueue(conn, request, now)
     if reaped:  # what we reclaimed and did not take ourselves may let others in
-        result.wake = [(addr, t) for addr, t in wake_targets(conn) if t != result.ticket]
+        result.wake = grant_waiting(conn, now, skip=result.ticket)
     return result
 
 
@@ -324,6 +329,7 @@ def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
         "enqueued_ts": now,
         "expires_ts": expires,
         "wake_addr": request.wake_addr,
+        "lease_token": request.token,
     }
     key = conn.execute(_INSERT_TICKET, values).inserted_primary_key
     assert key is not None

@@ -311,6 +311,11 @@ class Core:
         self.log_claim(request, result)
         return result
 
+    def granted(self, conn: Connection, request: ClaimRequest) -> LeaseRecord | None:
+        """The lease a release granted to this queued request, if any: one lock-free read."""
+        with read_transaction(conn):
+            return _store.lease_by_token(conn, request.token)
+
     def could_grant(
         self, conn: Connection, requests: Sequence[ClaimRequest]
     ) -> tuple[list[bool], Outlook]:
@@ -325,7 +330,7 @@ class Core:
         """Delete one lease; False when it was already reclaimed."""
         with write_transaction(conn):
             released = _store.release(conn, lease_id, token)
-            wake = _store.wake_targets(conn) if released else []
+            wake = _store.grant_waiting(conn, self.clock()) if released else []
         wake_after_commit(conn, wake)
         return released
 
@@ -333,14 +338,14 @@ class Core:
         """Remove whatever an interrupted acquire left: its ticket, and a lease it never got."""
         with write_transaction(conn):
             _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
-            wake = _store.wake_targets(conn)
+            wake = _store.grant_waiting(conn, self.clock())
         wake_after_commit(conn, wake)
 
     def release_owner(self, conn: Connection) -> None:
         """Delete every lease and ticket of this limiter instance."""
         with write_transaction(conn):
             _store.release_owner(conn, self.owner)
-            wake = _store.wake_targets(conn)
+            wake = _store.grant_waiting(conn, self.clock())
         wake_after_commit(conn, wake)
 
     def renew(self, conn: Connection, tokens: Collection[str]) -> tuple[float, set[str]]:
@@ -362,8 +367,9 @@ class Core:
     def reap(self, conn: Connection) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders."""
         with write_transaction(conn):
-            removed = _store.reap(conn, self.clock(), my_host=self.holder.host_id)
-            wake = _store.wake_targets(conn) if removed else []
+            now = self.clock()
+            removed = _store.reap(conn, now, my_host=self.holder.host_id)
+            wake = _store.grant_waiting(conn, now) if removed else []
         wake_after_commit(conn, wake)
         for item in removed:
             log_reaped(item)

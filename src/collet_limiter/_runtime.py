@@ -442,7 +442,18 @@ class Runtime:
     def claim(
         self, request: ClaimRequest, factory: Callable[[LeaseRecord], L], *, blocking: bool = True
     ) -> L | ClaimResult | NotNow:
-        """One claim transaction; a granted lease is registered in the same turn to write."""
+        """One claim; a granted lease is registered in the same turn to write.
+
+        A queued request first reads, without a lock, whether a release granted it its lease
+        already (the usual way a waiter's turn comes): then no write is needed.
+        """
+        if request.ticket is not None:
+            record = self.read(lambda conn: self.core.granted(conn, request))
+            if record is not None:
+                lease = factory(record)
+                with self.lock:
+                    self._leases[lease.token] = lease
+                return lease
 
         def claim(conn: Connection) -> L | ClaimResult:
             result = self.core.claim(conn, request)

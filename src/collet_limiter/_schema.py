@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 # The Alembic revision this code writes and reads. A test checks it is the scripts' head, so
 # opening an up-to-date database needs one SELECT and no Alembic import.
-SCHEMA_REVISION: Final = "0003_ids_never_reused"
+SCHEMA_REVISION: Final = "0004_grant_on_release"
 
 metadata = MetaData()
 
@@ -86,6 +86,9 @@ waiters = Table(
     # Where to send this waiter's wake-up: an abstract Unix datagram socket name (Linux), or
     # NULL for a waiter that only polls.
     Column("wake_addr", String, nullable=True),
+    # The token of the lease a transaction that frees room inserts for this waiter when its turn
+    # comes (migration 0004); NULL for an older waiter, which is woken and claims for itself.
+    Column("lease_token", String, nullable=True),
     Index("ix_waiters_model", "provider", "model"),
     Index("ix_waiters_owner", "owner"),
     sqlite_autoincrement=True,  # a ticket id is a place in the queue: never handed out twice

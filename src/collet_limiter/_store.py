@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
@@ -337,6 +337,7 @@ _WAITERS: Final = Prepared(
         s.waiters.c.provider,
         s.waiters.c.model,
         s.waiters.c.wake_addr,
+        s.waiters.c.lease_token,
         s.waiters.c.pid,
         s.waiters.c.pid_start,
         s.waiters.c.host_id,
@@ -348,11 +349,38 @@ _HOLDERS: Final = Prepared(
 )
 
 
-def wake_targets(conn: Connection) -> list[tuple[str, int]]:
-    """(wake address, ticket) of every waiter a claim would grant now, to notify after commit.
+_GRANTED: Final[Any] = bindparam("granted_ids", expanding=True)
+_GRANT_LEASES: Final = insert(s.leases).from_select(
+    [
+        "token", "provider", "model", "primary_provider", "primary_model", "via", "holder", "pid",
+        "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at", "acquired_ts",
+        "expires_ts",
+    ],
+    select(
+        s.waiters.c.lease_token, s.waiters.c.provider, s.waiters.c.model, s.waiters.c.provider,
+        s.waiters.c.model, literal("queue"), s.waiters.c.holder, s.waiters.c.pid,
+        s.waiters.c.pid_start, s.waiters.c.host_id, s.waiters.c.hostname, s.waiters.c.owner,
+        bindparam("granted_at"), s.waiters.c.expires_at, bindparam("granted_ts"),
+        s.waiters.c.expires_ts,
+    )
+    .where(s.waiters.c.id.in_(_GRANTED))
+    .order_by(s.waiters.c.id),
+)  # fmt: skip
+_DELETE_GRANTED: Final = delete(s.waiters).where(s.waiters.c.id.in_(_GRANTED))
 
-    Called at the end of every transaction that frees room (release, reap, discard): one read
-    of the queue, and nothing more when it is empty.
+
+def grant_waiting(
+    conn: Connection, now: float, *, skip: int | None = None
+) -> list[tuple[str, int]]:
+    """Grant the waiters the fairness rule now admits; returns whom to wake after commit.
+
+    Called at the end of every transaction that frees room (release, reap, discard, close): one
+    read of the queue, and nothing more when it is empty. Each admitted ticket that carries a
+    lease token becomes that waiter's lease (via ``queue``, expiring when the ticket would) in
+    this transaction, so the woken waiter only reads it: one write per handoff. A ticket without
+    one (queued by an older collet-limiter) is only woken, and claims for itself. ``skip`` is
+    the caller's own ticket. Returns (wake address, ticket) for every admitted ticket that has
+    an address.
     """
     cursor = _ANY_WAITER.execute(conn)
     nobody = cursor.fetchone() is None
@@ -367,8 +395,40 @@ def wake_targets(conn: Connection) -> list[tuple[str, int]]:
         held_counts(conn),
         max_agents(conn),
     )
-    addresses = {row.id: row.wake_addr for row in waiting}
-    return [(addresses[t], t) for t in tickets if addresses[t]]
+    by_id = {row.id: row for row in waiting}
+    tickets = [t for t in tickets if t != skip]
+    granted = [t for t in tickets if by_id[t].lease_token is not None]
+    if granted:
+        params = {"granted_ids": granted, "granted_ts": now, "granted_at": utc_text(now)}
+        conn.execute(_GRANT_LEASES, params)
+        conn.execute(_DELETE_GRANTED, params)
+    return [(by_id[t].wake_addr, t) for t in tickets if by_id[t].wake_addr]
+
+
+_LEASE_BY_TOKEN: Final = Prepared(select(s.leases).where(s.leases.c.token == bindparam("token")))
+
+
+def lease_by_token(conn: Connection, token: str) -> LeaseRecord | None:
+    """The lease stored under ``token`` (granted to a waiter by someone else's release)."""
+    found = _LEASE_BY_TOKEN.rows(conn, {"token": token})
+    if not found:
+        return None
+    row = found[0]
+    return LeaseRecord(
+        id=row.id,
+        token=row.token,
+        key=ModelKey(row.provider, row.model),
+        primary=ModelKey(row.primary_provider, row.primary_model),
+        via=row.via,
+        holder=row.holder,
+        pid=row.pid,
+        pid_start=row.pid_start,
+        host_id=row.host_id,
+        hostname=row.hostname,
+        owner=row.owner,
+        acquired_ts=row.acquired_ts,
+        expires_ts=row.expires_ts,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,8 +536,8 @@ def renew(
         "new_expires_at": utc_text(now + ttl),
     }
     conn.execute(_RENEW_TICKETS, params)
-    if not lease_tokens:
-        return set()
+    # Leases too when the caller knows of none: a release may have granted one to a waiter of
+    # this owner that has not read it yet.
     if conn.execute(_RENEW_LEASES, params).rowcount >= len(lease_tokens):
         return set()
     present = conn.execute(_OWNED_LEASE_TOKENS, {"renew_owner": owner}).scalars()
