@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import typing as _typing
 
-from ._agents import load_agent_chain
-from ._config import Config, load_config
-from ._doctor import Diagnosis, diagnose
 from ._errors import (
     AcquireTimeout,
     AsyncContextError,
@@ -27,24 +24,56 @@ from ._errors import (
     SchemaVersionError,
     StorageError,
 )
-from ._inspect import Inspector
 from ._keys import ModelKey, parse_providers_chain
-from ._limiter import Lease, Limiter
 from ._profiles import CostTier, ModelProfile, default_concurrency, profile_for
-from ._results import (
-    Acquired,
-    CandidateReport,
-    Explanation,
-    LeaseInfo,
-    ModelStatus,
-    QueueWait,
-    Reaped,
-    Status,
-    TicketInfo,
-)
 
 if _typing.TYPE_CHECKING:
+    from ._agents import load_agent_chain
     from ._aio import AsyncLease, AsyncLimiter
+    from ._config import Config, load_config
+    from ._doctor import Diagnosis, diagnose
+    from ._inspect import Inspector
+    from ._limiter import Lease, Limiter
+    from ._results import (
+        Acquired,
+        CandidateReport,
+        Explanation,
+        LeaseInfo,
+        ModelStatus,
+        QueueWait,
+        Reaped,
+        Status,
+        TicketInfo,
+    )
+
+# The rest loads on first use: SQLAlchemy and pydantic cost hundreds of milliseconds, which a
+# program that only names an error class or a key, or a command's --help, should not pay.
+_LAZY: _typing.Final = {
+    "load_agent_chain": "_agents",
+    "AsyncLease": "_aio",
+    "AsyncLimiter": "_aio",
+    "Config": "_config",
+    "load_config": "_config",
+    "Diagnosis": "_doctor",
+    "diagnose": "_doctor",
+    "Inspector": "_inspect",
+    "Lease": "_limiter",
+    "Limiter": "_limiter",
+    **dict.fromkeys(
+        (
+            "Acquired",
+            "CandidateReport",
+            "Explanation",
+            "LeaseInfo",
+            "ModelStatus",
+            "QueueWait",
+            "Reaped",
+            "Status",
+            "TicketInfo",
+        ),
+        "_results",
+    ),
+}
 
 __version__ = "0.1.0"
 
@@ -90,13 +119,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _typing.Any:
-    # The asyncio face loads on first use: importing asyncio and SQLAlchemy's asyncio extension
-    # would otherwise slow every `collet-limiter run` and every sync-only program.
-    if name in ("AsyncLease", "AsyncLimiter"):
-        from . import _aio
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(_aio, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
 
 
 def __dir__() -> list[str]:

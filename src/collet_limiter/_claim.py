@@ -151,7 +151,13 @@ _FAST_HEAD_RETURNING: Final = Prepared(_FAST_HEAD.returning(s.leases.c.id))
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
 _DELETE_TICKET: Final = Prepared(delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id")))
 _INSERT_LEASE: Final = insert(s.leases)
-_INSERT_TICKET: Final = insert(s.waiters)
+_TICKET_COLUMNS: Final = (
+    "token", "provider", "model", "holder", "pid", "pid_start", "host_id", "hostname", "owner",
+    "enqueued_at", "expires_at", "enqueued_ts", "expires_ts", "wake_addr", "lease_token",
+)  # fmt: skip
+_INSERT_TICKET: Final = insert(s.waiters).values({c: bindparam(c) for c in _TICKET_COLUMNS})
+_ENQUEUE: Final = Prepared(_INSERT_TICKET)
+_ENQUEUE_RETURNING: Final = Prepared(_INSERT_TICKET.returning(s.waiters.c.id))
 
 
 def _lease_values(request: ClaimRequest, key: ModelKey, via: Via, now: float) -> dict[str, Any]:
@@ -331,9 +337,13 @@ def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
         "wake_addr": request.wake_addr,
         "lease_token": request.token,
     }
-    key = conn.execute(_INSERT_TICKET, values).inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    if conn.dialect.insert_returning:  # the id in the same statement
+        return int(_ENQUEUE_RETURNING.scalar(conn, values))
+    cursor = _ENQUEUE.execute(conn, values)
+    try:
+        return int(cursor.lastrowid)
+    finally:
+        cursor.close()
 
 
 # --- looking without a lock --------------------------------------------------------------------

@@ -61,7 +61,6 @@ _TICKET_EXISTS: Final = Prepared(
 )
 _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
-_INSERT_TICKET: Final = insert(s.waiters)
 _RELEASE: Final = Prepared(
     delete(s.leases).where(
         (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
@@ -349,24 +348,28 @@ _HOLDERS: Final = Prepared(
 )
 
 
-_GRANTED: Final[Any] = bindparam("granted_ids", expanding=True)
-_GRANT_LEASES: Final = insert(s.leases).from_select(
-    [
-        "token", "provider", "model", "primary_provider", "primary_model", "via", "holder", "pid",
-        "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at", "acquired_ts",
-        "expires_ts",
-    ],
-    select(
-        s.waiters.c.lease_token, s.waiters.c.provider, s.waiters.c.model, s.waiters.c.provider,
-        s.waiters.c.model, literal("queue"), s.waiters.c.holder, s.waiters.c.pid,
-        s.waiters.c.pid_start, s.waiters.c.host_id, s.waiters.c.hostname, s.waiters.c.owner,
-        bindparam("granted_at"), s.waiters.c.expires_at, bindparam("granted_ts"),
-        s.waiters.c.expires_ts,
+# Granting one ticket: its lease from its row, then the row goes. One pair of prepared statements
+# per ticket (a release usually admits one) rather than an expanding IN list, which SQLAlchemy
+# would compile anew on every execution.
+_GRANT_LEASE: Final = Prepared(
+    insert(s.leases).from_select(
+        [
+            "token", "provider", "model", "primary_provider", "primary_model", "via", "holder",
+            "pid", "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at",
+            "acquired_ts", "expires_ts",
+        ],
+        select(
+            s.waiters.c.lease_token, s.waiters.c.provider, s.waiters.c.model,
+            s.waiters.c.provider, s.waiters.c.model, literal("queue"), s.waiters.c.holder,
+            s.waiters.c.pid, s.waiters.c.pid_start, s.waiters.c.host_id, s.waiters.c.hostname,
+            s.waiters.c.owner, bindparam("granted_at"), s.waiters.c.expires_at,
+            bindparam("granted_ts"), s.waiters.c.expires_ts,
+        ).where(s.waiters.c.id == bindparam("granted_id")),
     )
-    .where(s.waiters.c.id.in_(_GRANTED))
-    .order_by(s.waiters.c.id),
 )  # fmt: skip
-_DELETE_GRANTED: Final = delete(s.waiters).where(s.waiters.c.id.in_(_GRANTED))
+_DELETE_GRANTED: Final = Prepared(
+    delete(s.waiters).where(s.waiters.c.id == bindparam("granted_id"))
+)
 
 
 def grant_waiting(
@@ -398,10 +401,11 @@ def grant_waiting(
     by_id = {row.id: row for row in waiting}
     tickets = [t for t in tickets if t != skip]
     granted = [t for t in tickets if by_id[t].lease_token is not None]
-    if granted:
-        params = {"granted_ids": granted, "granted_ts": now, "granted_at": utc_text(now)}
-        conn.execute(_GRANT_LEASES, params)
-        conn.execute(_DELETE_GRANTED, params)
+    granted_at = utc_text(now) if granted else ""
+    for ticket in granted:  # in queue order, so lease ids follow it
+        params = {"granted_id": ticket, "granted_ts": now, "granted_at": granted_at}
+        _GRANT_LEASE.execute(conn, params).close()
+        _DELETE_GRANTED.execute(conn, {"granted_id": ticket}).close()
     return [(by_id[t].wake_addr, t) for t in tickets if by_id[t].wake_addr]
 
 
@@ -508,10 +512,18 @@ def release(conn: Connection, lease_id: int, token: str) -> bool:
     return bool(released)
 
 
+_DISCARD_LEASE: Final = Prepared(
+    delete(s.leases).where(s.leases.c.token == bindparam("lease_token"))
+)
+_DISCARD_TICKET: Final = Prepared(
+    delete(s.waiters).where(s.waiters.c.token == bindparam("ticket_token"))
+)
+
+
 def discard(conn: Connection, *, lease_token: str, ticket_token: str) -> None:
     """Remove whatever an interrupted acquire may have left: its lease and its ticket."""
-    conn.execute(delete(s.leases).where(s.leases.c.token == lease_token))
-    conn.execute(delete(s.waiters).where(s.waiters.c.token == ticket_token))
+    _DISCARD_LEASE.execute(conn, {"lease_token": lease_token}).close()
+    _DISCARD_TICKET.execute(conn, {"ticket_token": ticket_token}).close()
 
 
 def release_owner(conn: Connection, owner: str) -> tuple[int, int]:

@@ -64,8 +64,10 @@ class Watcher:
         poller.register(rt.interrupt_r, select.POLLIN)
         while not rt.closed:
             if not rt.waiters:
+                # Nothing to watch: sleep until a waiter registers or close() (both write to
+                # the pipe), so an idle limiter costs no wake-ups at all.
                 with contextlib.suppress(InterruptedError):
-                    poller.poll(rt.core.max_poll_interval * 1000)
+                    poller.poll()
                 drain(rt.interrupt_r)
                 continue
             try:
