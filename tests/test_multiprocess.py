@@ -344,3 +344,37 @@ def test_twenty_processes_opening_a_new_file_at_once_make_one_schema(
     assert table(db, "select count(*) from leases") == [(0,)]
     assert table(db, "pragma journal_mode") == [("wal",)]
     assert os.stat(db).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "count", [60, pytest.param(200, marks=pytest.mark.slow)], ids=["ci", "full"]
+)
+def test_sixteen_processes_giving_up_at_random_never_leak_nor_double_grant(
+    spawn: Callable[..., subprocess.Popen[str]],
+    db: Path,
+    config_file: Path,
+    tmp_path: Path,
+    count: int,
+) -> None:
+    """16 processes x 200 acquires (60 in CI) of one model (limit 2); a third give up after a
+    random 0-20 ms: a timeout in the 8 sync processes, a cancelled task in the 8 async ones
+    (2 tasks each). A release grants the next waiter its lease in its own transaction, so a
+    waiter may give up just as it is granted: the lease must then be given on, never leaked
+    nor granted twice. The observer merges every process's own records."""
+    files = [tmp_path / f"events-{index}.txt" for index in range(16)]
+    children = []
+    for index, path in enumerate(files):
+        args = ["--db", str(db), "--config", str(config_file), "--events", str(path)]
+        args += ["--model", "zai/glm-5", "--count", str(count), "--seed", str(index)]
+        args += ["--hold-ms", "2", "--async-tasks", "2" if index % 2 else "0"]
+        children.append(spawn("interrupted", *args))
+    for child in children:
+        _, err = child.communicate(timeout=TIMEOUT * 4)
+        assert child.returncode == 0, err
+    seen = observe_files(files)
+    gave_up = sum(path.read_text().count(" t ") for path in files)
+    assert seen.enters == seen.exits == 16 * count - gave_up
+    assert gave_up > 0 and seen.via["queue"] > 0, "the run should give up and queue"
+    assert seen.peak["zai/glm-5"] == 2  # reached, never exceeded
+    assert table(db, "select count(*) from leases") == [(0,)]
+    assert table(db, "select count(*) from waiters") == [(0,)]

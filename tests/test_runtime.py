@@ -418,3 +418,60 @@ def test_the_acquire_loop_is_written_once() -> None:
         assert "acquire_steps(" in source
         for private in ("core.claim(", "core.discard(", "with_ticket(", "core.release("):
             assert private not in source, (module.__name__, private)
+
+
+def test_a_waiter_cancelled_just_as_a_release_granted_it_gives_the_lease_on(db: Path) -> None:
+    """A release grants the first waiter its lease in the release's own transaction; that
+    waiter's task is cancelled before it runs again. Its lease must go to the next waiter
+    (exactly one outcome: never leaked, never granted twice)."""
+    config = make_config(
+        collaboration={"max_agents": 10},
+        models=[{"name": "m", "concurrency_limit": 1}],
+        limiter={"poll_interval_ms": 60_000, "max_poll_interval_ms": 60_000},
+    )
+
+    async def main() -> None:
+        async with AsyncLimiter(db, config=config) as limiter:
+            with Limiter(db, config=config) as holder, Limiter(db, config=config) as behind:
+                lease = holder.acquire("p/m")
+                first = asyncio.ensure_future(limiter.acquire_wait("p/m"))
+                while len(holder.waiters()) < 1:
+                    await asyncio.sleep(0.001)
+                second: list[Any] = []
+                thread = threading.Thread(
+                    target=lambda: second.append(behind.acquire_wait("p/m", 30))
+                )
+                thread.start()
+                while len(holder.waiters()) < 2:
+                    await asyncio.sleep(0.001)
+                lease.release()  # on the loop's thread: the first task cannot run meanwhile
+                granted = rows(db, "select holder, via from leases")
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+                thread.join(30)
+                assert granted == [(None, "queue")]  # the release granted the first waiter
+                assert second and second[0].via == "queue"
+                assert rows(db, "select token from leases") == [(second[0].token,)]
+                second[0].release()
+
+    asyncio.run(main())
+
+
+def test_an_older_versions_ticket_is_woken_but_never_granted_by_a_release(db: Path) -> None:
+    """Tickets queued by a collet-limiter before migration 0004 carry no lease token: a release
+    must leave them queued (their waiter claims for itself) and still keep their place."""
+    with Limiter(db, config=ONE) as limiter:
+        lease = limiter.acquire("p/m")
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # what an older version writes
+            conn.execute(
+                "insert into waiters (token, provider, model, holder, pid, pid_start, host_id, "
+                "hostname, owner, enqueued_at, expires_at, enqueued_ts, expires_ts, wake_addr) "
+                "values ('old', 'p', 'm', 'older', 1, 0, 'x', 'h', 'o', '', '', 0, 1e12, null)"
+            )
+            conn.commit()
+        lease.release()
+        assert rows(db, "select count(*) from leases") == [(0,)]
+        assert rows(db, "select holder from waiters") == [("older",)]
+        with pytest.raises(AcquireTimeout):  # the older waiter keeps its place
+            limiter.acquire_wait("p/m", timeout=0)

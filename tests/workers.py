@@ -78,6 +78,64 @@ def churn_async(args: argparse.Namespace) -> int:
     return 0
 
 
+def churn_interrupted(args: argparse.Namespace) -> int:
+    """``churn`` on one model where a third of the acquires give up: a short timeout, or (with
+    ``--async-tasks``) a task cancelled after a random delay. Holds are recorded as in churn;
+    the give-ups too (``t``), so the test sees they happened."""
+    import asyncio
+
+    from collet_limiter import AsyncLimiter
+
+    rng = random.Random(args.seed)
+    config = load_config(args.config) if args.config else None
+
+    def give_up() -> float | None:
+        return rng.uniform(0, 0.02) if rng.random() < 1 / 3 else None
+
+    if not args.async_tasks:
+        with _limiter(args) as limiter, open(args.events, "a", buffering=1) as events:
+            for _ in range(args.count):
+                try:
+                    lease = limiter.acquire_wait(args.model, timeout=give_up(), holder="sync")
+                except AcquireTimeout:
+                    events.write(f"{time.monotonic_ns()} t {args.model} timeout\n")
+                    continue
+                with lease:
+                    events.write(f"{time.monotonic_ns()} + {lease.key} {lease.via}\n")
+                    time.sleep(rng.uniform(0, args.hold_ms / 1000))
+                    events.write(f"{time.monotonic_ns()} - {lease.key} {lease.via}\n")
+        return 0
+
+    async def main() -> None:
+        async with AsyncLimiter(
+            args.db, config=config, poll_interval=args.poll, max_poll_interval=args.max_poll
+        ) as limiter:
+            with open(args.events, "a", buffering=1) as events:
+
+                async def one() -> None:
+                    delay = give_up()
+                    try:
+                        lease = await asyncio.wait_for(limiter.acquire_wait(args.model), delay)
+                    except asyncio.TimeoutError:  # the acquire was cancelled
+                        events.write(f"{time.monotonic_ns()} t {args.model} cancelled\n")
+                        return
+                    async with lease:
+                        events.write(f"{time.monotonic_ns()} + {lease.key} {lease.via}\n")
+                        await asyncio.sleep(rng.uniform(0, args.hold_ms / 1000))
+                        events.write(f"{time.monotonic_ns()} - {lease.key} {lease.via}\n")
+
+                async def task(count: int) -> None:
+                    for _ in range(count):
+                        await one()
+
+                share, extra = divmod(args.count, args.async_tasks)
+                counts = [share + (i < extra) for i in range(args.async_tasks)]
+                await asyncio.gather(*(task(count) for count in counts))
+
+    asyncio.run(main())
+    return 0
+
+
 def hold(args: argparse.Namespace) -> int:
     """Acquire ``model`` and hold it until killed (or stdin closes)."""
     limiter = _limiter(args)
@@ -119,7 +177,7 @@ def open_at_once(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["churn", "hold", "wait", "open"])
+    parser.add_argument("command", choices=["churn", "interrupted", "hold", "wait", "open"])
     parser.add_argument("--db", required=True)
     parser.add_argument("--config")
     parser.add_argument("--events")
@@ -138,7 +196,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "churn" and args.async_tasks:
         return churn_async(args)
-    command = {"churn": churn, "hold": hold, "wait": wait, "open": open_at_once}[args.command]
+    command = {
+        "churn": churn,
+        "interrupted": churn_interrupted,
+        "hold": hold,
+        "wait": wait,
+        "open": open_at_once,
+    }[args.command]
     return command(args)
 
 
