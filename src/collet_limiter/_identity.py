@@ -19,7 +19,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 _PROC: Final = Path("/proc")
 
@@ -164,6 +167,19 @@ def is_provably_dead(*, holder_host: str, pid: int, pid_start: float) -> bool:
             _seen_alive.clear()
         _seen_alive[(pid, pid_start)] = now + ALIVE_MEMORY_SECS
     return dead
+
+
+def note_alive(holders: Iterable[tuple[int, float]]) -> None:
+    """Remember that these (pid, start) are alive: their pidfds were just polled, not readable.
+
+    A watcher calls this after each wait, so claims in its process do not read ``/proc`` for
+    the holders it watches (their death would have made the pidfd readable).
+    """
+    until = time.monotonic() + ALIVE_MEMORY_SECS
+    if len(_seen_alive) > 4096:
+        _seen_alive.clear()
+    for holder in holders:
+        _seen_alive[holder] = until
 
 
 def forget_alive(pid: int) -> None:

@@ -38,7 +38,7 @@ import uuid
 from typing import TYPE_CHECKING, Final
 
 from ._files import Sharing, create_file, group_member, open_lock_file
-from ._identity import forget_alive, process_start
+from ._identity import forget_alive, note_alive, process_start
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -200,11 +200,16 @@ class PidWatch:
         return list(self._fds.values())
 
     def exited(self, fds: Iterable[int]) -> None:
-        """Note that the processes behind these readable pidfds have exited."""
+        """After a wait on ``fds()``: the processes behind the readable ones have exited, and
+        the others were alive just now (remembered briefly, so claims skip reading /proc)."""
         ready = set(fds)
-        for (pid, _start), fd in self._fds.items():
+        alive = []
+        for holder, fd in self._fds.items():
             if fd in ready:
-                forget_alive(pid)
+                forget_alive(holder[0])
+            else:
+                alive.append(holder)
+        note_alive(alive)
 
     def update(self, holders: Iterable[tuple[int, float]]) -> bool:
         """Watch exactly ``holders`` (not this process); True if one is already dead."""
