@@ -24,6 +24,7 @@ database stays the truth and a missed wake-up only costs latency until the next 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -146,6 +147,7 @@ class _Sender:
     def send(self, targets: Iterable[tuple[str, int]]) -> None:
         for address, ticket in targets:
             if self._pid != os.getpid():  # never share a socket with a fork parent
+                self.close()  # a child's copy of the parent's: closing it leaves the parent's
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)  # noqa: FBT003
                 self._pid = os.getpid()
@@ -153,6 +155,12 @@ class _Sender:
             # Gone, full or unreachable: the waiter's own polling covers it.
             with contextlib.suppress(OSError):
                 self._sock.sendto(_TICKET.pack(ticket), b"\0" + address.encode())
+
+    def close(self) -> None:
+        """Close the socket (at exit; a later send opens a new one)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock, self._pid = None, -1
 
 
 def _credentials(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
@@ -167,6 +175,7 @@ def _credentials(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int, int
 
 
 _sender = _Sender()
+atexit.register(_sender.close)
 
 
 def notify(targets: Iterable[tuple[str, int]]) -> None:
