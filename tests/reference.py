@@ -24,6 +24,13 @@ The rules, as the README states them:
   waiters ahead whose own model has room; the walk is written so as not to copy that formula.)
 - A claim that cannot grant the primary first reclaims expired leases and tickets and those of
   dead holders, then decides again.
+- Handing over (``Reference.serve``): whatever frees room (a release that finds its lease, a
+  discard of an interrupted acquire, a close, a reap or a claim that reclaimed something)
+  grants, in the same step, every ticket the walk of the whole queue then admits: in queue
+  order, each becomes a lease with the next lease id (ids are never handed out twice), via
+  "queue", with the ticket's owner, holder and expiry and the lease token its request carried.
+  A claim made later with that ticket gets exactly that lease. A claim that reclaimed something
+  serves everyone but itself: its own ticket, if it keeps one, was just refused.
 """
 
 from __future__ import annotations
@@ -107,6 +114,8 @@ class Holding:
     expires: float
     via: str = ""
     dead: bool = False
+    # A ticket's: the token of the lease it becomes when its turn comes (the request's token).
+    lease_token: str = ""
 
 
 @dataclass
@@ -117,6 +126,7 @@ class Outcome:
     ticket: int | None
     requeued: bool
     reaped: set[tuple[str, int]] = field(default_factory=set)
+    lease: int | None = None  # the id of the lease granted
 
 
 @dataclass
@@ -135,6 +145,8 @@ class Reference:
     # under existing leases, and never more than then.
     allowance: Counter[ModelKey] = field(default_factory=Counter)
     cap_allowance: int = 0
+    # The highest lease id ever handed out: the next lease gets the one after it.
+    last_lease: int = 0
 
     # --- config ---------------------------------------------------------------------------------
 
@@ -253,6 +265,10 @@ class Reference:
                 return key, via
         return None
 
+    def lease_for(self, token: str) -> int | None:
+        """The id of the lease stored under ``token``, if any."""
+        return next((lid for lid, lease in self.leases.items() if lease.token == token), None)
+
     def has_ticket(self, ticket: int | None, token: str) -> bool:
         """Whether this waiter's ticket is still queued (an id alone may have been reused)."""
         return ticket in self.tickets and self.tickets[ticket].token == token
@@ -266,7 +282,13 @@ class Reference:
     # --- changing -------------------------------------------------------------------------------
 
     def reap(self) -> set[tuple[str, int]]:
-        """Remove expired leases and tickets and those of dead holders."""
+        """Remove expired leases and tickets and those of dead holders; serve if any went."""
+        gone = self._reclaim()
+        if gone:
+            self.serve()
+        return gone
+
+    def _reclaim(self) -> set[tuple[str, int]]:
         gone: set[tuple[str, int]] = set()
         for kind, table in (("lease", self.leases), ("ticket", self.tickets)):
             for hid, holding in list(table.items()):
@@ -292,9 +314,14 @@ class Reference:
     ) -> Outcome:
         """One claim by a limiter opened with ``config``; ``new_*`` are the ids the real one used.
 
-        ``tokens`` are the request's lease token and ticket token.
+        ``tokens`` are the request's lease token and ticket token. A claim with a ticket that
+        was served meanwhile returns the lease served, and does nothing else.
         """
         lease_token, ticket_token = tokens
+        served = self.lease_for(lease_token) if ticket is not None else None
+        if served is not None:
+            lease = self.leases[served]
+            return Outcome((lease.key, lease.via), None, requeued=False, lease=served)
         self.ensure(config, [primary, *chain])
         requeued = False
         if ticket is not None and not self.has_ticket(ticket, ticket_token):
@@ -302,36 +329,50 @@ class Reference:
         granted = self.decide(primary, chain, fallback=fallback, ticket=ticket)
         reaped: set[tuple[str, int]] = set()
         if granted is None or granted[0] != primary:
-            reaped = self.reap()
+            reaped = self._reclaim()
             if reaped:
                 if ticket is not None and not self.has_ticket(ticket, ticket_token):
                     ticket, requeued = None, True
                 granted = self.decide(primary, chain, fallback=fallback, ticket=ticket)
+        outcome = Outcome(None, None, requeued, reaped)
         if granted is not None:
             assert new_lease is not None, f"the reference grants {granted}, the limiter nothing"
+            assert new_lease > self.last_lease, f"lease id {new_lease} was handed out before"
+            self.last_lease = new_lease
             self.leases[new_lease] = Holding(
                 granted[0], owner, lease_token, self.now + self.ttl, granted[1]
             )
             if ticket is not None:
                 del self.tickets[ticket]
-            return Outcome(granted, None, requeued, reaped)
-        if ticket is None and (enqueue or requeued):
+            outcome.granted, outcome.lease = granted, new_lease
+        elif ticket is None and (enqueue or requeued):
             assert new_ticket is not None, "the reference queues a ticket, the limiter none"
-            self.tickets[new_ticket] = Holding(primary, owner, ticket_token, self.now + self.ttl)
-            ticket = new_ticket
-        return Outcome(None, ticket, requeued, reaped)
+            self.tickets[new_ticket] = Holding(
+                primary, owner, ticket_token, self.now + self.ttl, lease_token=lease_token
+            )
+            outcome.ticket = new_ticket
+        else:
+            outcome.ticket = ticket
+        if reaped:
+            self.serve(skip=outcome.ticket)
+        return outcome
 
-    def serve(self) -> list[int]:
-        """Grant every ticket the walk admits, as woken waiters claim; returns their ids.
+    def serve(self, skip: int | None = None) -> list[int]:
+        """Grant every ticket the walk admits; returns their ids, in order.
 
-        Each lease takes its ticket's id and ``via`` "queue". Serving twice grants nothing more:
-        what the walk refused it refuses again once the admitted tickets hold their slots.
+        Each becomes a lease with the next id, ``via`` "queue", carrying its ticket's owner,
+        expiry, holder (alive or dead) and lease token. Serving twice grants nothing more: what
+        the walk refused it refuses again once the admitted tickets hold their slots.
         """
         admitted, _, _ = self.walk()
+        # ``skip`` is the ticket a claim that reclaimed something keeps: a claim keeps its ticket
+        # only when the walk refuses it, so it is never among those served.
+        assert skip not in admitted, f"ticket {skip} was refused, yet the walk admits it"
         for tid in admitted:
             ticket = self.tickets.pop(tid)
-            self.leases[tid] = Holding(
-                ticket.key, ticket.owner, ticket.token, self.now + self.ttl, "queue"
+            self.last_lease += 1
+            self.leases[self.last_lease] = replace(
+                ticket, token=ticket.lease_token, via="queue", lease_token=""
             )
         return admitted
 
@@ -345,11 +386,15 @@ class Reference:
             return False
         del self.leases[lease_id]
         self._shrink_allowance()
+        self.serve()
         return True
 
-    def discard_ticket(self, token: str) -> None:
-        """A waiter gave up: its ticket goes."""
-        self.tickets = {i: t for i, t in self.tickets.items() if t.token != token}
+    def discard(self, lease_token: str, ticket_token: str) -> None:
+        """A waiter gave up (timed out, was cancelled): its ticket goes, and its lease if served."""
+        self.leases = {i: h for i, h in self.leases.items() if h.token != lease_token}
+        self.tickets = {i: t for i, t in self.tickets.items() if t.token != ticket_token}
+        self._shrink_allowance()
+        self.serve()
 
     def renew(self, owner: str) -> None:
         """Every lease and ticket of ``owner`` now expires one TTL from now."""
@@ -362,6 +407,7 @@ class Reference:
         self.leases = {i: h for i, h in self.leases.items() if h.owner != owner}
         self.tickets = {i: h for i, h in self.tickets.items() if h.owner != owner}
         self._shrink_allowance()
+        self.serve()
 
     def kill(self, kind: str, hid: int) -> None:
         """The holder of a lease or ticket is now provably dead."""

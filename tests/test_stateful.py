@@ -4,9 +4,12 @@ A hypothesis ``RuleBasedStateMachine`` draws a config (providers, CLI providers,
 flags, limits, a global cap) and then acquires with random chains, waits, queues, releases,
 moves the fake clock past expiries, kills holders, reaps, renews and switches configs. Queued
 waiters are driven deterministically, without threads: a waiter is a claim request that left a
-ticket, retried through ``Core.claim`` as ``Limiter.acquire_wait`` retries it. After every step
-the tables (read with plain ``sqlite3``) must hold exactly the leases and tickets the model
-holds, every grant must be the model's choice of key and ``via``, and no model may hold more
+ticket, retried through ``Core.claim`` as ``Limiter.acquire_wait`` retries it. Whatever frees
+room grants the tickets the model admits in the same step; a waiter whose ticket was granted
+gets exactly that lease on its next claim, and one that gives up (times out, is cancelled) or
+dies at that moment leaves nothing behind and passes its turn on. After every step the tables
+(read with plain ``sqlite3``) must hold exactly the leases and tickets the model holds, ids
+included, every grant must be the model's choice of key and ``via``, and no model may hold more
 leases than its limit, nor all of them more than the global cap.
 """
 
@@ -150,28 +153,43 @@ class LimiterMachine(RuleBasedStateMachine):
         event(f"claim: {got[1] if got else 'queued'}{' after requeue' if result.requeued else ''}")
         event(f"claim reaped {len(result.reaped)}")
         assert got == expected.granted, (got, expected)
+        assert (result.lease.id if result.lease else None) == expected.lease
         assert result.ticket == expected.ticket
         assert result.requeued == expected.requeued
         assert {(r.kind, r.id) for r in result.reaped} == expected.reaped
         return result, expected
 
     def model_claim_public(
-        self, primary: ModelKey, chain: list[ModelKey], *, fallback: bool, lease: Lease | None
+        self,
+        primary: ModelKey,
+        chain: list[ModelKey],
+        *,
+        fallback: bool,
+        lease: Lease | None,
+        timed_out: bool = False,
     ) -> Any:
-        """The model's outcome for a public acquire that leaves no ticket behind."""
+        """The model's outcome for a public acquire that leaves no ticket behind.
+
+        One that ``timed_out`` queued a ticket, then discarded it: which serves the queue.
+        """
         gen = self.gen
-        return self.model.claim(
+        last_ticket = "SELECT seq FROM sqlite_sequence WHERE name = 'waiters'"
+        tokens = (lease.token if lease is not None else "", "timed out")
+        expected = self.model.claim(
             gen.config,
             gen.public._core.owner,
             primary,
             chain,
             fallback=fallback,
-            enqueue=False,
+            enqueue=timed_out,
             ticket=None,
-            tokens=(lease.token if lease is not None else "", ""),
+            tokens=tokens,
             new_lease=lease.id if lease is not None else None,
-            new_ticket=None,
+            new_ticket=self.look.execute(last_ticket).fetchone()[0] if timed_out else None,
         )
+        if timed_out:
+            self.model.discard(*tokens)
+        return expected
 
     def keys(self, data: st.DataObject) -> tuple[ModelKey, list[ModelKey]]:
         """A primary (half the time one of two hot keys, so that they fill up) and a chain."""
@@ -206,6 +224,8 @@ class LimiterMachine(RuleBasedStateMachine):
         A timeout of 0 is a single try. A longer one would start the limiter's watcher thread,
         whose sweeps may reap an expired or dead holder at a moment the steps do not decide (a
         deep run caught one); queued waiting is driven through ``queue`` and ``retry_waiter``.
+        One that times out queued a ticket and discarded it, which serves the queue (that matters
+        when a config raised a limit under waiting tickets).
         """
         timeout = 0
         primary, chain = self.keys(data)
@@ -218,7 +238,9 @@ class LimiterMachine(RuleBasedStateMachine):
                 lease = self.gen.public.acquire_wait(primary, timeout=timeout)
         except AcquireTimeout:
             lease = None
-        expected = self.model_claim_public(primary, chain, fallback=fallback, lease=lease)
+        expected = self.model_claim_public(
+            primary, chain, fallback=fallback, lease=lease, timed_out=lease is None
+        )
         if lease is None:
             assert expected.granted is None, f"the model grants {expected.granted}"
         else:
@@ -240,6 +262,12 @@ class LimiterMachine(RuleBasedStateMachine):
         else:
             assert result.ticket is not None
             self.waiters.append(Waiter(gen, request, result.ticket))
+
+    @precondition(lambda self: len(self.waiters) < 4)
+    @rule(data=st.data(), fallback=st.booleans())
+    def queue_another(self, data: st.DataObject, fallback: bool) -> None:
+        """Waiters come in crowds (and a transaction that frees room grants them together)."""
+        self.queue(data, fallback)
 
     @precondition(lambda self: self.waiters)
     @rule(data=st.data())
@@ -269,11 +297,66 @@ class LimiterMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.waiters)
     @rule(data=st.data())
     def cancel_waiter(self, data: st.DataObject) -> None:
-        waiter = data.draw(st.sampled_from(self.waiters))
+        """A waiter gives up (times out, is cancelled): ``discard``, as the acquire loop does."""
+        self.give_up(data.draw(st.sampled_from(self.waiters)))
+
+    def give_up(self, waiter: Waiter) -> None:
         core = waiter.gen.raw._core
         waiter.gen.raw._runtime.write(lambda conn: core.discard(conn, waiter.request))
-        self.model.discard_ticket(waiter.request.ticket_token)
+        self.model.discard(waiter.request.token, waiter.request.ticket_token)
         self.waiters.remove(waiter)
+        left = self.look.execute(
+            "SELECT (SELECT count(*) FROM leases WHERE token = ?),"
+            " (SELECT count(*) FROM waiters WHERE token = ?)",
+            (waiter.request.token, waiter.request.ticket_token),
+        ).fetchone()
+        assert left == (0, 0), f"a discarded waiter left (leases, tickets) {left}"
+
+    def served(self) -> list[Waiter]:
+        """The waiters whose ticket the model granted: their next claim reads that lease."""
+        tokens = {lease.token for lease in self.model.leases.values()}
+        return [w for w in self.waiters if w.request.token in tokens]
+
+    @precondition(lambda self: (self.public or self.raw) and self.waiters)
+    @rule(data=st.data())
+    def a_waiter_gives_up_as_a_release_grants_it(self, data: st.DataObject) -> None:
+        """A release grants a waiter its lease just as it times out or is cancelled.
+
+        Its last claim found nothing, the release then granted its ticket, and its discard comes
+        before it reads the lease: exactly one outcome (nothing held, nothing queued), and the
+        slot goes on to whoever the queue admits next, never leaked nor granted twice.
+        """
+        before = {w.request.token for w in self.served()}
+        self.release(data)
+        granted = [w for w in self.served() if w.request.token not in before]
+        event(f"release granted {len(granted)} waiting")
+        if granted:
+            self.give_up(data.draw(st.sampled_from(granted)))
+
+    def queued(self) -> list[Waiter]:
+        """The waiters whose ticket is still in the queue."""
+        return [w for w in self.waiters if self.model.has_ticket(w.ticket, w.request.ticket_token)]
+
+    @precondition(lambda self: (self.public or self.raw) and self.queued())
+    @rule(data=st.data())
+    def a_waiter_is_killed_as_a_release_grants_it(self, data: st.DataObject) -> None:
+        """A waiter is SIGKILLed as its turn comes: its lease is a dead holder's, reaped, passed on.
+
+        The lease granted from its ticket carries the ticket's process, so the reap that follows
+        reclaims it (or the ticket, if the release did not reach it) and serves the queue again.
+        """
+        waiter = data.draw(st.sampled_from(self.queued()))
+        self.look.execute(
+            "UPDATE waiters SET pid = ?, pid_start = ? WHERE id = ?", (*self.dead, waiter.ticket)
+        )
+        self.model.kill("ticket", waiter.ticket)
+        self.waiters.remove(waiter)  # it will never claim again
+        self.release(data)
+        lease = self.model.lease_for(waiter.request.token)
+        event("killed waiter: " + ("granted, then reaped" if lease else "reaped in the queue"))
+        self.reap()
+        assert self.model.lease_for(waiter.request.token) is None
+        assert not self.model.has_ticket(waiter.ticket, waiter.request.ticket_token)
 
     @precondition(lambda self: self.public or self.raw)
     @rule(data=st.data())
@@ -321,6 +404,32 @@ class LimiterMachine(RuleBasedStateMachine):
         self.look.execute(statement, (*self.dead, hid))
         self.model.kill(kind, hid)
 
+    @precondition(lambda self: self.model.leases and self.queued())
+    @rule(data=st.data())
+    def a_process_holding_several_leases_dies(self, data: st.DataObject) -> None:
+        """Every lease of one limiter is a dead process's: one reap frees them all at once.
+
+        Several slots free in one transaction: it must grant every waiter the queue then
+        admits, in queue order, not only the first (a release frees one slot, so it cannot
+        show this).
+        """
+        owners = {h.owner for h in self.model.leases.values()}
+        # In the order the limiters were opened: owner names are random, so never sort them.
+        limiters = [
+            lim for g in self.gens for lim in (g.public, g.raw) if lim._core.owner in owners
+        ]
+        owner = data.draw(st.sampled_from(limiters))._core.owner
+        self.look.execute(
+            "UPDATE leases SET pid = ?, pid_start = ? WHERE owner = ?", (*self.dead, owner)
+        )
+        for hid, lease in list(self.model.leases.items()):
+            if lease.owner == owner:
+                self.model.kill("lease", hid)
+        before = {w.request.token for w in self.served()}
+        self.reap()
+        granted = [w for w in self.served() if w.request.token not in before]
+        event(f"a dead process's leases reaped, {min(len(granted), 2)}+ waiting granted")
+
     @rule()
     def reap(self) -> None:
         reaped = self.gen.public.reap()
@@ -350,6 +459,23 @@ class LimiterMachine(RuleBasedStateMachine):
             self.public = [(lease, g) for lease, g in self.public if g is not old]
             self.raw = [(record, g) for record, g in self.raw if g is not old]
             self.waiters = [w for w in self.waiters if w.gen is not old]
+
+    @precondition(lambda self: self.queued() and any(g is self.gen for _, g in self.public))
+    @rule()
+    def a_process_holding_leases_exits(self) -> None:
+        """The current public limiter closes and another opens in its place (a process exits).
+
+        Its give-back frees every slot it held in one transaction, which grants every waiter
+        the queue then admits, in queue order (a release frees one slot: it cannot show this).
+        """
+        gen = self.gen
+        gen.public.close()
+        self.model.close(gen.public._core.owner)
+        for lease, g in self.public:
+            assert g is not gen or lease.released, lease
+        self.public = [(lease, g) for lease, g in self.public if g is not gen]
+        gen.public = Limiter(self.db, config=gen.config, clock=self.clock, lease_ttl=TTL)
+        assert not self.model.open_with(gen.config), "the last config written is this one"
 
     @rule(data=st.data())
     def explain(self, data: st.DataObject) -> None:

@@ -8,10 +8,12 @@ releases; cancelling a task that waits; timeouts that expire (real, short); a ho
 renewing while the fake clock passes its TTL, then ``reap``; closing a limiter (its waiters are
 told, its leases go) and opening another in its place.
 
-Waiting and timeouts use real time, so after each step the machine lets the system settle: the
-reference serves its queue by the walk (``Reference.serve``), and the machine waits, up to a
-deadline and never for a fixed time, until the tables hold exactly what the reference holds and
-every waiter the reference granted has its lease. Meanwhile, an observer that trusts nothing the
+Whatever frees room (a release, a discard, a close, a reap) grants the waiters the walk of the
+queue admits in that same transaction, and so does the reference (``Reference.serve``): right
+after a release or a close returns, the tables already hold the leases granted, before any
+waiter wakes. Waiting and timeouts use real time, so after each step the machine lets the system
+settle: it waits, up to a deadline and never for a fixed time, until the tables hold exactly what
+the reference holds and every waiter the reference granted has returned that lease. Meanwhile, an observer that trusts nothing the
 limiters say reads the ``leases`` table with plain ``sqlite3`` at every poll: no model above its
 limit, no more leases in all than the cap. Invariants: the tables equal the reference (each
 lease and ticket by its holder label, so a granted waiter holds exactly one lease and nothing is
@@ -158,7 +160,7 @@ class Held:
 
     face: Face
     lease: Any
-    ref_id: int
+    ref_id: int  # the reference's id of the lease
 
 
 @dataclass
@@ -170,8 +172,7 @@ class Blocked:
     key: ModelKey
     fallback: bool
     future: concurrent.futures.Future[Any]
-    ref_id: int
-    arrival: int
+    arrival: int  # also the reference's id of its ticket, if it queues
     queued: bool = False  # it left a ticket (else it was granted at once)
     # None: still waiting; "lease": granted; "closed", "cancelled": it must end so.
     expect: str | None = None
@@ -272,12 +273,14 @@ class FacesMachine(RuleBasedStateMachine):
             enqueue=enqueue,
             ticket=None,
             tokens=(label, label),
-            new_lease=ref_id,
-            new_ticket=ref_id,
+            new_lease=self.model.last_lease + 1,  # what AUTOINCREMENT hands out
+            new_ticket=ref_id,  # a place in the queue: arrival order
         )
 
-    def hold(self, label: str, face: Face, lease: Any, ref_id: int) -> None:
+    def hold(self, label: str, face: Face, lease: Any) -> None:
         assert lease.holder == label, (lease, label)
+        ref_id = self.model.lease_for(label)
+        assert ref_id is not None, f"{label} holds {lease}, which the reference does not"
         self.held[label] = Held(face, lease, ref_id)
 
     # --- observing --------------------------------------------------------------------------
@@ -336,13 +339,19 @@ class FacesMachine(RuleBasedStateMachine):
             f"waiting {waiting[face.name]}>" in repr(face.limiter) for face in self.open_faces
         )
 
+    def check_granted_at_once(self) -> None:
+        """Right after a step that freed room: the tables hold what it granted, before waking."""
+        leases, _ = self.table_leases()
+        assert leases == self.expected_leases(), "the grant is not in the same transaction"
+        assert self.table_queue() == self.expected_queue(), "the queue is not served at once"
+
     def settle(self) -> None:
-        """Serve the reference's queue, then wait until the system holds the same."""
-        granted = self.model.serve()
-        by_ref = {w.ref_id: w for w in self.blocked.values()}
-        for tid in granted:
-            assert tid in by_ref, f"the model grants ticket {tid}, which no waiter holds"
-            by_ref[tid].expect = "lease"
+        """Wait until the system holds what the reference holds, every grant returned."""
+        assert self.model.serve() == [], "a step freed room without serving the queue"
+        granted = {h.token for h in self.model.leases.values()}
+        for label, waiter in self.blocked.items():
+            if waiter.expect is None and label in granted:
+                waiter.expect = "lease"
         deadline = time.monotonic() + self.settle_secs
         while True:
             self.check_limits()
@@ -366,7 +375,7 @@ class FacesMachine(RuleBasedStateMachine):
             if waiter.expect == "lease":
                 lease = waiter.future.result(0)
                 assert (lease.key, lease.via) == self.expected_leases()[label]
-                self.hold(label, waiter.face, lease, waiter.ref_id)
+                self.hold(label, waiter.face, lease)
                 if waiter.queued:
                     self.order.granted.setdefault(waiter.key, []).append(waiter.arrival)
                 event("granted from the queue")
@@ -401,7 +410,7 @@ class FacesMachine(RuleBasedStateMachine):
         if isinstance(outcome, Acquired):
             lease = outcome.lease
             assert (lease.key, lease.via) == expected.granted, (lease, expected)
-            self.hold(label, face, lease, ref_id)
+            self.hold(label, face, lease)
         else:
             assert isinstance(outcome, QueueWait)
             assert expected.granted is None, f"the model grants {expected.granted}"
@@ -424,7 +433,7 @@ class FacesMachine(RuleBasedStateMachine):
         expected = self.model_claim(
             face, label, ref_id, primary, chain, fallback=fallback, enqueue=True
         )
-        waiter = Blocked(label, face, primary, fallback, future, ref_id, ref_id)
+        waiter = Blocked(label, face, primary, fallback, future, ref_id)
         self.blocked[label] = waiter
         if expected.granted is not None:
             waiter.expect = "lease"
@@ -446,6 +455,7 @@ class FacesMachine(RuleBasedStateMachine):
         held.face.release(held.lease)
         assert held.lease.released
         assert held.lease.lost == (not present), (held.lease, present)
+        self.check_granted_at_once()
         self.settle()
 
     @precondition(lambda self: any(w.face.is_async for w in self.blocked.values()))
@@ -457,7 +467,7 @@ class FacesMachine(RuleBasedStateMachine):
         waiter = self.blocked[label]
         waiter.future.cancel()
         waiter.expect = "cancelled"
-        self.model.discard_ticket(label)
+        self.model.discard(label, label)
         self.settle()
 
     @rule(data=st.data(), fallback=st.booleans(), timeout=short_timeouts)
@@ -480,11 +490,11 @@ class FacesMachine(RuleBasedStateMachine):
         )
         if lease is None:
             assert expected.granted is None, f"the model grants {expected.granted}"
-            self.model.discard_ticket(label)
+            self.model.discard(label, label)
             event("timed out")
         else:
             assert (lease.key, lease.via) == expected.granted, (lease, expected)
-            self.hold(label, face, lease, ref_id)
+            self.hold(label, face, lease)
         self.settle()
 
     @precondition(lambda self: any(self.stallable()))
@@ -539,6 +549,7 @@ class FacesMachine(RuleBasedStateMachine):
         """Close one limiter: its leases go, its waiters are told; another opens in its place."""
         face = data.draw(st.sampled_from(self.open_faces))
         self.close_face(face)
+        self.check_granted_at_once()
         self.open_face(face.is_async)
         self.settle()
 
