@@ -167,8 +167,8 @@ class Runtime:
         self._spare: list[Connection] = []
         self._orphans: list[Connection] = []
         self.watcher = Watcher(self)
-        self._heartbeat: threading.Thread | None = None
-        self._watcher: threading.Thread | None = None
+        self._beat_thread: threading.Thread | None = None
+        self._watch_thread: threading.Thread | None = None
         self._worker: _Worker | None = None
         self._open(fresh=True)
         _LIVE.add(self)
@@ -249,7 +249,7 @@ class Runtime:
         self.waiters = {}
         self._dropped = collections.deque()
         self.watcher = Watcher(self)
-        self._heartbeat = self._watcher = None
+        self._beat_thread = self._watch_thread = None
         self._worker = None
         self.core.reset_identity()
         if self.closed:
@@ -466,7 +466,7 @@ class Runtime:
 
         outcome = self.write(claim, blocking=blocking)
         if not isinstance(outcome, (NotNow, ClaimResult)):
-            self._ensure_thread("_heartbeat", self._beat, "heartbeat")
+            self._ensure_thread("_beat_thread", self._beat, "heartbeat")
         return outcome
 
     def discard(self, request: ClaimRequest, *, blocking: bool = True) -> NotNow | None:
@@ -492,8 +492,8 @@ class Runtime:
                     f"{self.face} on {self.core.display} was closed while acquiring"
                 )
             self.waiters[waiter.request.ticket_token] = waiter
-            self._ensure_thread("_heartbeat", self._beat, "heartbeat")
-            self._ensure_thread("_watcher", self.watcher.run, "watcher")
+            self._ensure_thread("_beat_thread", self._beat, "heartbeat")
+            self._ensure_thread("_watch_thread", self.watcher.run, "watcher")
         self._interrupt()  # the watcher starts watching (and looks, if its last look is stale)
         return waiter
 
@@ -624,7 +624,7 @@ class Runtime:
         self._interrupt()
         with contextlib.suppress(OSError):
             os.write(self._beat_w, b"c")
-        for thread in (self._heartbeat, self._watcher):
+        for thread in (self._beat_thread, self._watch_thread):
             if thread is not None and thread is not threading.current_thread():
                 thread.join()
         with self._write_lock:
