@@ -312,9 +312,12 @@ class Core:
         return result
 
     def granted(self, conn: Connection, request: ClaimRequest) -> LeaseRecord | None:
-        """The lease a release granted to this queued request, if any: one lock-free read."""
-        with read_transaction(conn):
-            return _store.lease_by_token(conn, request.token)
+        """The lease a release granted to this queued request, if any: one lock-free read.
+
+        One statement on the driver in autocommit, which SQLite runs in a read transaction of
+        its own: no BEGIN and COMMIT around it on the path of every handoff.
+        """
+        return _store.lease_by_token(conn, request.token)
 
     def could_grant(
         self, conn: Connection, requests: Sequence[ClaimRequest]
