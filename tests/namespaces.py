@@ -62,28 +62,38 @@ def pid_namespace(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/pid")
 
 
-@contextlib.contextmanager
-def worker(*args: str, prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen[str]]:
-    """A ``tests/workers.py`` process started under ``prefix``; killed and reaped on the way out.
-
-    Killing an ``unshare --fork`` launcher kills its worker too (``--kill-child``).
-    """
-    child = subprocess.Popen(
+def start_worker(*args: str, prefix: Sequence[str] = ()) -> subprocess.Popen[str]:
+    """A ``tests/workers.py`` process started under ``prefix`` (such as ``unshare``)."""
+    return subprocess.Popen(
         [*prefix, sys.executable, WORKER, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def reap_worker(child: subprocess.Popen[str]) -> None:
+    """Kill ``child`` if it still runs, wait for it, and close its pipes."""
+    if child.poll() is None:
+        child.kill()
+    child.wait(TIMEOUT)
+    for stream in (child.stdin, child.stdout, child.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@contextlib.contextmanager
+def worker(*args: str, prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen[str]]:
+    """A ``tests/workers.py`` process started under ``prefix``; killed and reaped on the way out.
+
+    Killing an ``unshare --fork`` launcher kills its worker too (``--kill-child``).
+    """
+    child = start_worker(*args, prefix=prefix)
     try:
         yield child
     finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(TIMEOUT)
-        for stream in (child.stdin, child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
+        reap_worker(child)
 
 
 def run_with_mount_table(table: Path, *argv: str) -> subprocess.CompletedProcess[str]:

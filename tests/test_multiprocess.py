@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import time
 from datetime import UTC, datetime
@@ -21,10 +19,18 @@ import pytest
 from collet_limiter import Acquired, Limiter, ModelKey, load_config
 from collet_limiter._schema import SCHEMA_REVISION
 
-from .namespaces import NEW_PID_NAMESPACE, forked_child, needs_namespaces, pid_namespace
+from .namespaces import (
+    NEW_PID_NAMESPACE,
+    forked_child,
+    needs_namespaces,
+    pid_namespace,
+    reap_worker,
+    start_worker,
+)
 from .observer import observe, observe_files, parse
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable, Iterator, Sequence
 
 WORKER = str(Path(__file__).with_name("workers.py"))
@@ -40,24 +46,13 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     children: list[subprocess.Popen[str]] = []
 
     def start(*args: str, prefix: Sequence[str] = ()) -> subprocess.Popen[str]:
-        child = subprocess.Popen(
-            [*prefix, sys.executable, WORKER, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        child = start_worker(*args, prefix=prefix)
         children.append(child)
         return child
 
     yield start
     for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(TIMEOUT)
-        for stream in (child.stdin, child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
+        reap_worker(child)
 
 
 def expect_line(child: subprocess.Popen[str], prefix: str) -> str:

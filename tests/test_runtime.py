@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 ONE = make_config(collaboration={"max_agents": 10}, models=[{"name": "m", "concurrency_limit": 1}])
+# The same with a minute-long backstop poll: a waiter woken in time was woken by a push.
+PUSH_ONLY = make_config(
+    collaboration={"max_agents": 10},
+    models=[{"name": "m", "concurrency_limit": 1}],
+    limiter={"poll_interval_ms": 60_000, "max_poll_interval_ms": 60_000},
+)
 
 
 def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -155,11 +161,7 @@ def test_a_process_with_more_than_1023_descriptors_is_still_woken_by_push(
     padding = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
     try:
         assert max(padding) > 1023
-        config = make_config(
-            collaboration={"max_agents": 10},
-            models=[{"name": "m", "concurrency_limit": 1}],
-            limiter={"poll_interval_ms": 60_000, "max_poll_interval_ms": 60_000},
-        )
+        config = PUSH_ONLY
         with Limiter(db, config=config) as holder, Limiter(db, config=config) as waiter:
             lease = holder.acquire("p/m")
             got: list[Any] = []
@@ -424,11 +426,7 @@ def test_a_waiter_cancelled_just_as_a_release_granted_it_gives_the_lease_on(db: 
     """A release grants the first waiter its lease in the release's own transaction; that
     waiter's task is cancelled before it runs again. Its lease must go to the next waiter
     (exactly one outcome: never leaked, never granted twice)."""
-    config = make_config(
-        collaboration={"max_agents": 10},
-        models=[{"name": "m", "concurrency_limit": 1}],
-        limiter={"poll_interval_ms": 60_000, "max_poll_interval_ms": 60_000},
-    )
+    config = PUSH_ONLY
 
     async def main() -> None:
         async with AsyncLimiter(db, config=config) as limiter:
