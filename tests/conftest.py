@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from collet_limiter import AsyncLimiter, Config, Limiter
 
 from .facades import AsyncFacade, LoopThread
+from .pgserver import PgServer, server_from_env
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -54,7 +56,46 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    """A SQLite file path (tests about SQLite files use it; the behavioural ones ``database``)."""
     return tmp_path / "limiter.db"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the whole session, started on first use.
+
+    Started here, not by the caller, so that the README's one test command runs the PostgreSQL
+    half too. Where PostgreSQL is not installed the PostgreSQL tests are skipped, except in CI
+    (``CI`` set), where that is a failure: ``.ci/run`` installs it.
+    """
+    server = server_from_env()
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries not found in CI (.ci/run installs postgresql-15)")
+        pytest.skip("PostgreSQL is not installed here (apt install postgresql-15)")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which database a behavioural test runs on."""
+    return str(request.param)
+
+
+def fresh_group(server: PgServer) -> str:
+    """A URL naming a new, empty limiter group (schema) on ``server``."""
+    return server.url(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+def database(backend: str, db: Path, request: pytest.FixtureRequest) -> Path | str:
+    """The test's database: a SQLite file, or a fresh group (schema) on the PostgreSQL server."""
+    if backend == "sqlite":
+        return db
+    return fresh_group(request.getfixturevalue("pg_server"))
 
 
 def make_config(**data: Any) -> Config:
@@ -90,7 +131,7 @@ def api(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def open_limiter(api: str, db: Path, clock: FakeClock) -> Iterator[Callable[..., Any]]:
+def open_limiter(api: str, database: Path | str, clock: FakeClock) -> Iterator[Callable[..., Any]]:
     """Open limiters on the test database (fake clock), sync or async by ``api``; closed after.
 
     Async limiters are driven through ``AsyncFacade`` (blocking calls on a background loop), so
@@ -104,7 +145,7 @@ def open_limiter(api: str, db: Path, clock: FakeClock) -> Iterator[Callable[...,
         kwargs.setdefault("clock", clock)
         kwargs.setdefault("poll_interval", 0.002)
         kwargs.setdefault("max_poll_interval", 0.05)
-        path = kwargs.pop("path", db)
+        path = kwargs.pop("path", database)
         if api == "sync":
             limiter: Any = Limiter(path, config=config or Config(), **kwargs)
         else:
@@ -121,7 +162,7 @@ def open_limiter(api: str, db: Path, clock: FakeClock) -> Iterator[Callable[...,
 
 
 @pytest.fixture
-def open_sync_limiter(db: Path, clock: FakeClock) -> Iterator[Callable[..., Limiter]]:
+def open_sync_limiter(database: Path | str, clock: FakeClock) -> Iterator[Callable[..., Limiter]]:
     """Open sync Limiters only, for what only the sync face has (fork, its connections)."""
     opened: list[Limiter] = []
 
@@ -129,7 +170,7 @@ def open_sync_limiter(db: Path, clock: FakeClock) -> Iterator[Callable[..., Limi
         kwargs.setdefault("clock", clock)
         kwargs.setdefault("poll_interval", 0.002)
         kwargs.setdefault("max_poll_interval", 0.05)
-        limiter = Limiter(kwargs.pop("path", db), config=config or Config(), **kwargs)
+        limiter = Limiter(kwargs.pop("path", database), config=config or Config(), **kwargs)
         opened.append(limiter)
         return limiter
 

@@ -28,6 +28,11 @@ def _holder_columns() -> list[sa.Column[object]]:
     ]
 
 
+# Ids only grow and are never reused: 64-bit on PostgreSQL (BIGSERIAL); SQLite's INTEGER PRIMARY
+# KEY is 64-bit already, and must be spelled INTEGER to be the rowid.
+_ID = sa.Integer().with_variant(sa.BigInteger(), "postgresql")
+
+
 def upgrade() -> None:
     op.create_table(
         "models",
@@ -41,7 +46,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "leases",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("id", _ID, primary_key=True, autoincrement=True),
         sa.Column("token", sa.String(), nullable=False),
         sa.Column("provider", sa.String(), nullable=False),
         sa.Column("model", sa.String(), nullable=False),
@@ -58,7 +63,7 @@ def upgrade() -> None:
     op.create_index("ix_leases_owner", "leases", ["owner"])
     op.create_table(
         "waiters",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("id", _ID, primary_key=True, autoincrement=True),
         sa.Column("token", sa.String(), nullable=False),
         sa.Column("provider", sa.String(), nullable=False),
         sa.Column("model", sa.String(), nullable=False),

@@ -3,7 +3,7 @@
 Without AUTOINCREMENT SQLite hands the largest rowid out again once its row is deleted, so a
 ticket queued just after a stalled waiter's ticket was reaped could take the same id, and the
 stalled waiter could mistake it for its own place in the queue. The tables are rebuilt with
-their rows.
+their rows. Other databases need nothing: PostgreSQL's sequences never hand an id out twice.
 
 Revision ID: 0003_ids_never_reused
 Revises: 0002_wake_addresses
@@ -21,6 +21,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    if op.get_context().dialect.name != "sqlite":
+        return
     for table in ("leases", "waiters"):
         with op.batch_alter_table(
             table, recreate="always", table_kwargs={"sqlite_autoincrement": True}
@@ -29,6 +31,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_context().dialect.name != "sqlite":
+        return
     for table in ("leases", "waiters"):
         with op.batch_alter_table(
             table, recreate="always", table_kwargs={"sqlite_autoincrement": False}

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable
     from types import TracebackType
 
+    from sqlalchemy.engine import Connection
+
     from ._claim import ClaimRequest
     from ._config import Config
     from ._keys import ModelKey
@@ -180,11 +182,6 @@ class AsyncLimiter:
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
         )
-        if not self._core.target.is_sqlite:
-            raise ConfigError(
-                f"{self._core.display}: AsyncLimiter supports SQLite databases only",
-                path=self._core.display,
-            )
         if max_connections is not None:
             if max_connections < 1:
                 raise ConfigError(f"max_connections must be >= 1 (got {max_connections!r})")
@@ -224,9 +221,10 @@ class AsyncLimiter:
         waiting for the turn. The worker's job is awaited under a shield (see ``_finish``).
         """
         runtime = await self._open()
-        outcome = job(blocking=False)  # inline on the loop: never blocks
-        if outcome is not NOT_NOW:
-            return outcome  # type: ignore[return-value]
+        if not runtime.remote:  # a server's round trips never run on the loop
+            outcome = job(blocking=False)  # inline on the loop: never blocks
+            if outcome is not NOT_NOW:
+                return outcome  # type: ignore[return-value]
         waited = await _finish(runtime.submit(partial(job, blocking=True)))
         assert not isinstance(waited, NotNow)
         return waited
@@ -390,24 +388,30 @@ class AsyncLimiter:
         return await _finish(runtime.submit(runtime.renew))  # type: ignore[arg-type]
 
     # --- reading -------------------------------------------------------------------------------
-    # Reads run inline: WAL readers take no lock and never wait for a writer.
+    # Reads of a SQLite file run inline: WAL readers take no lock and never wait for a writer.
+    # A server's run on a thread.
+
+    async def _read(self, func: Callable[[Connection], T]) -> T:
+        runtime = await self._open()
+        if runtime.remote:
+            return await asyncio.to_thread(runtime.read, func)
+        return runtime.read(func)
 
     async def resolve_limit(self, key: ModelKey | str) -> int:
         """The limit in force for ``key``: its ``models`` row, else this config's rule."""
-        runtime = await self._open()
-        return runtime.read(lambda conn: self._core.resolve_limit(conn, key))
+        return await self._read(lambda conn: self._core.resolve_limit(conn, key))
 
     async def leases(self) -> list[LeaseInfo]:
         """Every lease in the database (all processes), oldest first."""
-        return (await self._open()).read(self._core.leases)
+        return await self._read(self._core.leases)
 
     async def waiters(self) -> list[TicketInfo]:
         """Every queued waiter (all processes), in the order they will be served."""
-        return (await self._open()).read(self._core.waiters)
+        return await self._read(self._core.waiters)
 
     async def status(self) -> Status:
         """The global cap and each model's limit, use and queue."""
-        return (await self._open()).read(self._core.status)
+        return await self._read(self._core.status)
 
     async def explain(
         self,
@@ -415,8 +419,7 @@ class AsyncLimiter:
         fallback_chain: Iterable[ModelKey | str] | str | None = None,
     ) -> Explanation:
         """The candidates ``acquire_with_fallback`` would try now, in order, each with a reason."""
-        runtime = await self._open()
-        return runtime.read(lambda conn: self._core.explain(conn, primary, fallback_chain))
+        return await self._read(lambda conn: self._core.explain(conn, primary, fallback_chain))
 
     async def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now."""

@@ -33,6 +33,7 @@ from ._store import (
     read_models,
     reap,
     snapshot,
+    ticket_by_token,
     ticket_exists,
     utc_text,
     waiters_detail,
@@ -273,12 +274,21 @@ def claim(
     request: ClaimRequest,
     now: float,
     demand: Callable[[ModelKey], ModelRow],
+    *,
+    retry: bool = False,
 ) -> ClaimResult:
     """Grant a lease on the first candidate with room, or queue/keep a ticket. Write transaction.
 
     Reaping happens only when the primary could not be granted, and is followed by a second
-    decision: an uncontended acquire never pays for it.
+    decision: an uncontended acquire never pays for it. ``retry``: an earlier attempt of this
+    very claim may have committed without its caller hearing (the connection dropped), so
+    its lease or ticket, found by token, is taken up instead of writing a second one.
     """
+    if retry:
+        recovered = _recover(conn, request)
+        if isinstance(recovered, ClaimResult):
+            return recovered
+        request = recovered
     if request.ticket is not None:
         granted_already = lease_by_token(conn, request.token)
         if granted_already is not None:  # a release granted it from our ticket
@@ -314,6 +324,18 @@ def claim(
     if reaped:  # what we reclaimed and did not take ourselves may let others in
         result.wake = grant_waiting(conn, now, skip=result.ticket)
     return result
+
+
+def _recover(conn: Connection, request: ClaimRequest) -> ClaimResult | ClaimRequest:
+    """What a retried claim's lost attempt committed: its lease, or the request with its ticket."""
+    granted_before = lease_by_token(conn, request.token)
+    if granted_before is not None:
+        return ClaimResult(granted_before, None)
+    if request.ticket is None:
+        queued = ticket_by_token(conn, request.ticket_token)
+        if queued is not None:
+            return replace(request, ticket=queued)
+    return request
 
 
 def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:

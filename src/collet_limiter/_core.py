@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Final
 from . import _claim, _store
 from ._claim import ClaimRequest, ClaimResult
 from ._config import ENV_DB, Config, default_db_path, load_config
-from ._engine import Target, read_transaction, resolve_target, write_transaction
-from ._errors import AcquireTimeout, ConfigError, DatabaseBusyError
+from ._engine import Target, read_transaction, resolve_target, server_now, write_transaction
+from ._errors import AcquireTimeout, ConfigError, DatabaseBusyError, DatabaseUnavailableError
 from ._files import Sharing, is_network_filesystem, prepare_database
 from ._identity import current_holder, new_token
 from ._keys import ModelKey, coerce_chain, coerce_key
@@ -51,6 +51,9 @@ log: Final = logging.getLogger("collet_limiter")
 # for the caller to send after it gives up its turn to write (a woken waiter's first act is to
 # write, so waking it while we still hold the writer lock would only make it block on us).
 WAKE_KEY: Final = "collet_limiter_wake"
+# Key in a connection's ``info``: how many times the transaction run on it was retried after the
+# connection to the server dropped (its earlier attempt may have committed without our hearing).
+RETRY_KEY: Final = "collet_limiter_retry"
 
 
 def wake_after_commit(conn: Connection, targets: list[tuple[str, int]]) -> None:
@@ -104,6 +107,8 @@ class Core:
         self.busy_timeout_ms = settings.busy_timeout_ms
         self.sharing = Sharing(settings.group)
         self.file_id: tuple[int, int] | None = None
+        self.clock_offset = 0.0  # the PostgreSQL server's clock minus this host's (see now())
+        self._drift0: float | None = None  # an injected clock's offset at the first now()
         self.config_rows = self.config.model_rows()
         self.fingerprint = config_fingerprint(self.config, self.config_rows)
         self.reset_identity()
@@ -118,6 +123,32 @@ class Core:
     def display(self) -> str:
         """The database, for messages."""
         return self.target.display
+
+    def now(self, conn: Connection) -> float:
+        """The time for the write transaction open on ``conn``.
+
+        On SQLite (one host) the limiter's clock. On PostgreSQL the server's clock, read as the
+        transaction took its lock, so that hosts with skewed clocks agree on every expiry: an
+        injected ``clock`` only adds how far it has moved beyond this host's clock since the
+        limiter's first transaction (a test's hand-moved clock), never its offset. The
+        difference to this host's clock is kept for the watcher's expiry timer.
+        """
+        server = server_now(conn)
+        if server is None:
+            return self.clock()
+        if self.clock is not time.time:
+            drift = self.clock() - time.time()
+            if self._drift0 is None:
+                self._drift0 = drift
+            server += drift - self._drift0
+        self.clock_offset = server - time.time()
+        return server
+
+    def estimated_now(self) -> float:
+        """What ``now`` would say at this moment, without asking the database."""
+        if self.target.is_sqlite:
+            return self.clock()
+        return time.time() + self.clock_offset
 
     def demand(self, key: ModelKey) -> ModelRow:
         """The row to add for a key the table lacks."""
@@ -236,7 +267,7 @@ class Core:
     def open_database(self, conn: Connection) -> None:
         """Create or upgrade the schema, then write this config unless the database holds it."""
         self.file_id = self._file_id()
-        ensure_schema(conn, display=self.display)
+        ensure_schema(conn, display=self.display, schema=self.target.schema)
         with read_transaction(conn):
             current = _store.stored_fingerprint(conn)
         if current == self.fingerprint:  # the usual case: no write lock taken
@@ -248,7 +279,7 @@ class Core:
                 cap=self.config.max_agents,
                 fingerprint=self.fingerprint,
                 source=self.config.origin,
-                now=self.clock(),
+                now=self.now(conn),
                 demand=self.demand,
             )
         if wrote and current is not None:
@@ -289,6 +320,17 @@ class Core:
             reason="writer lock held",
         )
 
+    def unreachable(self, exc: BaseException) -> DatabaseUnavailableError:
+        """The error when the database server stayed unreachable beyond the busy timeout."""
+        reason = getattr(exc, "reason", None) or str(exc)
+        return DatabaseUnavailableError(
+            f"database server {self.target.host} unreachable for more than the busy timeout of "
+            f"{self.busy_timeout_ms} ms ({reason}); check that it runs and that this host can "
+            f"reach it, or raise [limiter] busy_timeout_ms (database {self.display})",
+            path=self.display,
+            reason=reason,
+        )
+
     def readopt(self, conn: Connection, records: Sequence[LeaseRecord]) -> list[LeaseRecord]:
         """Carry this limiter's leases into the new database file (see ``file_replaced``)."""
         log.error(
@@ -297,8 +339,8 @@ class Core:
             self.display,
             len(records),
         )
-        now = self.clock()
         with write_transaction(conn):
+            now = self.now(conn)
             return [_store.readopt(conn, record, now, self.ttl) for record in records]
 
     # --- transactions shared by Limiter and AsyncLimiter -------------------------------------
@@ -306,7 +348,8 @@ class Core:
     def claim(self, conn: Connection, request: ClaimRequest) -> ClaimResult:
         """One claim attempt in a write transaction, logged."""
         with write_transaction(conn):
-            result = _claim.claim(conn, request, self.clock(), self.demand)
+            retry = bool(conn.info.get(RETRY_KEY))
+            result = _claim.claim(conn, request, self.now(conn), self.demand, retry=retry)
         wake_after_commit(conn, result.wake)
         self.log_claim(request, result)
         return result
@@ -333,28 +376,29 @@ class Core:
         """Delete one lease; False when it was already reclaimed."""
         with write_transaction(conn):
             released = _store.release(conn, lease_id, token)
-            wake = _store.grant_waiting(conn, self.clock()) if released else []
+            wake = _store.grant_waiting(conn, self.now(conn)) if released else []
         wake_after_commit(conn, wake)
-        return released
+        # Retried after the connection dropped: the first attempt's commit may have released it.
+        return released or bool(conn.info.get(RETRY_KEY))
 
     def discard(self, conn: Connection, request: ClaimRequest) -> None:
         """Remove whatever an interrupted acquire left: its ticket, and a lease it never got."""
         with write_transaction(conn):
             _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
-            wake = _store.grant_waiting(conn, self.clock())
+            wake = _store.grant_waiting(conn, self.now(conn))
         wake_after_commit(conn, wake)
 
     def release_owner(self, conn: Connection) -> None:
         """Delete every lease and ticket of this limiter instance."""
         with write_transaction(conn):
             _store.release_owner(conn, self.owner)
-            wake = _store.grant_waiting(conn, self.clock())
+            wake = _store.grant_waiting(conn, self.now(conn))
         wake_after_commit(conn, wake)
 
     def renew(self, conn: Connection, tokens: Collection[str]) -> tuple[float, set[str]]:
         """Renew this instance's leases and tickets; returns (new expiry, tokens found lost)."""
-        now = self.clock()
         with write_transaction(conn):
+            now = self.now(conn)
             lost = _store.renew(conn, self.owner, now, self.ttl, tokens)
         return now + self.ttl, lost
 
@@ -370,7 +414,7 @@ class Core:
     def reap(self, conn: Connection) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders."""
         with write_transaction(conn):
-            now = self.clock()
+            now = self.now(conn)
             removed = _store.reap(conn, now, my_host=self.holder.host_id)
             wake = _store.grant_waiting(conn, now) if removed else []
         wake_after_commit(conn, wake)

@@ -1,4 +1,4 @@
-"""Engine creation per dialect, and the only SQLite-specific code: pragmas, BEGIN, data_version.
+"""Engine creation per dialect, and the dialect-specific code: pragmas, BEGIN, locks, clocks.
 
 Write transactions start with ``BEGIN IMMEDIATE``. A deferred transaction (plain ``BEGIN``) that
 reads and later writes must upgrade its lock, and when another connection wrote in between SQLite
@@ -10,12 +10,26 @@ timeout apply to the one place contention can occur: the BEGIN itself.
 pysqlite would emit its own deferred BEGIN before DML, so, as SQLAlchemy's SQLite docs recommend
 ("Enabling Non-Legacy SQLite Transactional Modes"), the driver's transaction control is switched
 off (``isolation_level = None``) and the ``begin`` event emits ours.
+
+On PostgreSQL (psycopg 3) the driver runs in autocommit mode for the same reason, and the
+``begin`` event emits ``BEGIN``. A write transaction then takes one transaction-level advisory
+lock per limiter group (``pg_advisory_xact_lock``), the counterpart of SQLite's single writer:
+every decision (fairness, fallback, the global cap) reads counts across all models and the
+queue, so row locks on the rows it reads would not exclude a concurrent insert of a new lease or
+ticket, while one lock taken before the first read serializes exactly what SQLite serializes, at
+READ COMMITTED, with no serialization failure to retry. Each statement after the lock sees every
+transaction that committed before the lock was granted. The same statement reads the server's
+clock, which on PostgreSQL is the only clock for lease times. Reads that span several statements
+run at REPEATABLE READ, READ ONLY: one snapshot, and nothing that can fail to serialize.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
+import re
 import sqlite3
 import time
 from collections import namedtuple
@@ -37,31 +51,72 @@ if TYPE_CHECKING:
 # Key in a connection's ``info`` marking that its next transaction will write (a plain dict
 # entry: execution options would cost more than the statement on this hot path).
 WRITE_FLAG: Final = "collet_limiter_write"
+# Key in a PostgreSQL connection's ``info``: the server's clock (seconds since the epoch) read
+# when the current write transaction took its lock.
+SERVER_NOW: Final = "collet_limiter_server_now"
+# The schema (limiter group) a PostgreSQL URL names with ``?schema=``, when it names none.
+DEFAULT_SCHEMA: Final = "collet_limiter"
+_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a database lives: the SQLAlchemy URL and, for SQLite files, the path."""
+    """Where a database lives: the SQLAlchemy URL and, for SQLite files, the path.
+
+    For PostgreSQL, ``schema`` is the limiter group (the ``?schema=`` of the URL the user gave,
+    which ``url`` no longer carries: it is not a connection option) and ``shown`` that URL
+    with its password hidden.
+    """
 
     url: URL
     path: Path | None
+    schema: str | None = None
+    shown: str | None = None
 
     @property
     def display(self) -> str:
         """The path (SQLite) or the URL with its password hidden, for messages."""
-        return str(self.path) if self.path is not None else self.url.render_as_string()
+        if self.path is not None:
+            return str(self.path)
+        return self.shown or self.url.render_as_string(hide_password=True)
 
     @property
     def is_sqlite(self) -> bool:
         """Whether the target is a SQLite database."""
         return self.url.get_backend_name() == "sqlite"
 
+    @property
+    def host(self) -> str:
+        """The server, for messages: host (or socket directory) and port."""
+        host = self.url.host or str(self.url.query.get("host") or "localhost")
+        port = self.url.port or self.url.query.get("port")
+        return f"{host}:{port}" if port else host
+
+    @property
+    def lock_key(self) -> int:
+        """The advisory lock that serializes this group's writers (a signed 64-bit integer)."""
+        digest = hashlib.sha256(f"collet-limiter/{self.schema}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
 
 def resolve_target(db: str | os.PathLike[str]) -> Target:
     """A path or a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``)."""
     text = os.fspath(db)
     if "://" in text:
-        url = make_url(text)
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(text)
+        except ArgumentError as exc:  # not a URL SQLAlchemy can parse
+            from ._errors import ConfigError
+
+            raise ConfigError(
+                f"{_hide_password(text)}: not a database URL ({exc}); give a file path, "
+                "sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE",
+                path=_hide_password(text),
+            ) from None
+        if url.get_backend_name() == "postgresql":
+            return _postgres_target(url)
         if url.get_backend_name() == "sqlite":
             if not url.database or url.database == ":memory:":
                 from ._errors import ConfigError
@@ -73,9 +128,41 @@ def resolve_target(db: str | os.PathLike[str]) -> Target:
                 )
             path = Path(url.database).expanduser().absolute()
             return Target(url.set(drivername="sqlite+pysqlite", database=str(path)), path)
-        return Target(url, None)
+        from ._errors import ConfigError
+
+        raise ConfigError(
+            f"{url.render_as_string(hide_password=True)}: unsupported database "
+            f"{url.get_backend_name()!r}; use a SQLite file path or a postgresql+psycopg:// URL",
+            path=url.render_as_string(hide_password=True),
+        )
     path = Path(text).expanduser().absolute()
     return Target(make_url("sqlite+pysqlite://").set(database=str(path)), path)
+
+
+def _hide_password(text: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
+
+
+def _postgres_target(url: URL) -> Target:
+    from ._errors import ConfigError
+
+    shown = url.render_as_string(hide_password=True)
+    if url.drivername not in ("postgresql", "postgresql+psycopg", "postgres"):
+        # postgresql:// alone means psycopg 3 here (SQLAlchemy's default would be psycopg2).
+        raise ConfigError(
+            f"{shown}: collet-limiter uses the psycopg (3) driver; write the URL as "
+            "postgresql+psycopg://...",
+            path=shown,
+        )
+    schema = str(url.query.get("schema") or DEFAULT_SCHEMA)
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(
+            f"{shown}: schema {schema!r} is not a valid limiter group name; use lowercase "
+            "letters, digits and underscores, starting with a letter (at most 63)",
+            path=shown,
+        )
+    url = url.set(drivername="postgresql+psycopg").difference_update_query(["schema"])
+    return Target(url, None, schema=schema, shown=shown)
 
 
 def _on_connect(busy_timeout_ms: int) -> Any:
@@ -149,6 +236,79 @@ def create_sqlite_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
     event.listen(engine, "connect", _on_connect(busy_timeout_ms))
     event.listen(engine, "begin", _on_begin)
     return engine
+
+
+def _on_postgres_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.autocommit = True  # we emit BEGIN ourselves (see module docstring)
+
+
+def _on_postgres_begin(lock_key: int) -> Any:
+    lock_sql = (  # an integer of ours, not input
+        f"SELECT extract(epoch FROM clock_timestamp()) FROM pg_advisory_xact_lock({lock_key})"  # noqa: S608
+    )
+
+    def begin(conn: Connection) -> None:
+        cursor = conn.connection.cursor()
+        try:
+            if not conn.info.get(WRITE_FLAG):
+                cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return
+            cursor.execute("BEGIN")
+            cursor.execute(lock_sql)  # the clock is read once the lock is granted
+            row = cursor.fetchone()
+            assert row is not None
+            conn.info[SERVER_NOW] = float(row[0])
+        finally:
+            cursor.close()
+
+    return begin
+
+
+def create_postgres_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
+    """An engine on the PostgreSQL server, in the target's schema, with our transaction control.
+
+    The schema (limiter group) is set at connection start (libpq's ``options``), so every
+    statement, the Alembic version table included, works on that group's tables unqualified.
+    The busy timeout bounds the wait for the advisory lock (``lock_timeout``), the connection
+    attempt, and how long a session may sit idle inside a transaction: a process stopped
+    (SIGSTOP) in the middle of a write would otherwise hold every writer up for as long as it
+    stays stopped; the server ends its session instead, which rolls it back.
+    """
+    assert target.schema is not None
+    timeout_ms = max(1, int(busy_timeout_ms))
+    options = (
+        f"-c search_path={target.schema} -c lock_timeout={timeout_ms} "
+        f"-c idle_in_transaction_session_timeout={max(timeout_ms, 1000)}"
+    )
+    engine = create_engine(
+        target.url,
+        poolclass=QueuePool,
+        pool_size=5,
+        max_overflow=-1,
+        pool_reset_on_return=None,  # every transaction ends in COMMIT or ROLLBACK, as above
+        pool_pre_ping=True,  # a connection that died with a server restart is replaced
+        connect_args={
+            "options": options,
+            "connect_timeout": max(1, math.ceil(timeout_ms / 1000)),
+            "application_name": "collet-limiter",
+        },
+    )
+    event.listen(engine, "connect", _on_postgres_connect)
+    event.listen(engine, "begin", _on_postgres_begin(target.lock_key))
+    return engine
+
+
+def create_engine_for(target: Target, *, busy_timeout_ms: int) -> Engine:
+    """The engine a limiter uses on ``target``, whatever its dialect."""
+    if target.is_sqlite:
+        return create_sqlite_engine(target, busy_timeout_ms=busy_timeout_ms)
+    return create_postgres_engine(target, busy_timeout_ms=busy_timeout_ms)
+
+
+def server_now(conn: Connection) -> float | None:
+    """The server's clock as read when this write transaction took its lock (PostgreSQL)."""
+    value: float | None = conn.info.get(SERVER_NOW)
+    return value
 
 
 def create_sqlite_inspect_engine(
@@ -256,18 +416,24 @@ class Prepared:
 
 @contextlib.contextmanager
 def write_transaction(conn: Connection) -> Iterator[Connection]:
-    """A transaction on ``conn`` that takes the write lock up front (``BEGIN IMMEDIATE``)."""
-    conn.info[WRITE_FLAG] = True
+    """A transaction on ``conn`` that takes the write lock up front (``BEGIN IMMEDIATE``).
+
+    On PostgreSQL it takes the group's advisory lock, and reads the server's clock.
+    """
+    info = conn.info
+    info[WRITE_FLAG] = True
     try:
         with conn.begin():
             yield conn
     finally:
-        conn.info[WRITE_FLAG] = False
+        info[WRITE_FLAG] = False
+        info.pop(SERVER_NOW, None)
 
 
 @contextlib.contextmanager
 def read_transaction(conn: Connection) -> Iterator[Connection]:
     """A read-only transaction: one consistent snapshot, no write lock."""
+    conn.info[WRITE_FLAG] = False
     with conn.begin():
         yield conn
 

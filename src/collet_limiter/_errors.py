@@ -166,3 +166,9 @@ def translate_driver_errors(path: str) -> Iterator[None]:
         raise
     except (sa_exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
         raise storage_error_from(exc, path=path) from exc
+    except Exception as exc:
+        # psycopg's errors, raised by statements run on the driver's cursor (``Prepared``),
+        # recognised without importing psycopg, which only the PostgreSQL extra installs.
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        raise storage_error_from(exc, path=path) from exc

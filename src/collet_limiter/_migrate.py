@@ -1,10 +1,12 @@
 """Create and upgrade the schema with the Alembic scripts in ``migrations/``, on open.
 
 The fast path (an up-to-date database) is one SELECT and imports nothing from Alembic. Otherwise
-the upgrade runs inside one ``BEGIN IMMEDIATE`` transaction: when many processes open a brand-new
-file at once, the first takes the write lock and creates the schema, and the others, once they
-get the lock, find it current and do nothing. Each migration and its ``alembic_version`` row
-commit together, since SQLite's DDL is transactional.
+the upgrade runs inside one write transaction (``BEGIN IMMEDIATE`` on SQLite, the group's
+advisory lock on PostgreSQL): when many processes (on many hosts) open a brand-new database at
+once, the first takes the write lock and creates the schema, and the others, once they get the
+lock, find it current and do nothing. Each migration and its ``alembic_version`` row commit
+together, since both databases' DDL is transactional. On PostgreSQL the group's schema is
+created first, in the same transaction.
 """
 
 from __future__ import annotations
@@ -80,8 +82,11 @@ def _check_known(revision: str | None, *, display: str) -> None:
         )
 
 
-def ensure_schema(conn: Connection, *, display: str) -> bool:
-    """Bring the schema to ``SCHEMA_REVISION``; True when this call changed it."""
+def ensure_schema(conn: Connection, *, display: str, schema: str | None = None) -> bool:
+    """Bring the schema to ``SCHEMA_REVISION``; True when this call changed it.
+
+    ``schema`` is the PostgreSQL schema (limiter group) the connection's search path names.
+    """
     with read_transaction(conn):
         revision = current_revision(conn)
     if revision == SCHEMA_REVISION:
@@ -93,5 +98,7 @@ def ensure_schema(conn: Connection, *, display: str) -> bool:
         if revision == SCHEMA_REVISION:
             return False
         _check_known(revision, display=display)
+        if schema is not None:
+            conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         command.upgrade(_alembic_config(conn), "head")  # type: ignore[arg-type]
     return True

@@ -25,14 +25,15 @@ import os
 import queue
 import select
 import threading
+import time
 import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from ._claim import ClaimResult
-from ._core import WAKE_KEY, Core, log, monotonic
-from ._engine import create_sqlite_engine
-from ._errors import ConfigError, LimiterClosedError, LimiterError, translate_driver_errors
+from ._core import RETRY_KEY, WAKE_KEY, Core, log, monotonic
+from ._engine import create_engine_for, create_sqlite_engine
+from ._errors import LimiterClosedError, LimiterError, translate_driver_errors
 from ._results import QueueWait
 from ._wake import PidWatch, WakeSocket, WriterLock, notify
 from ._watcher import Watcher, drain
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
     from ._claim import ClaimRequest
     from ._lease import BaseLease
+    from ._pglisten import PgListener
     from ._results import Reaped
     from ._store import LeaseRecord
 
@@ -145,16 +147,36 @@ class _Worker:
                 future.set_result(result)
 
 
+class ServerTurn:
+    """The writer lock's stand-in on a database server, whose own lock takes its place.
+
+    On PostgreSQL every write transaction takes the group's advisory lock itself (see
+    ``_engine``), so there is nothing to take before it.
+    """
+
+    def acquire(self, _timeout: float) -> bool:
+        return True
+
+    def try_acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Runtime:
     """The connections, turn to write, lease registry and threads behind one limiter."""
 
     def __init__(self, core: Core, *, face: str) -> None:
         self.core = core
         self.face = face
-        if not core.target.is_sqlite:
-            raise ConfigError(
-                f"{core.display}: {face} supports SQLite databases only", path=core.display
-            )
+        # A database server (PostgreSQL) rather than a local file: writers take turns inside
+        # the server (an advisory lock), wake-ups travel by LISTEN/NOTIFY, and a dropped
+        # connection is retried for up to the busy timeout.
+        self.remote = not core.target.is_sqlite
         self.lock = threading.RLock()
         # Threads of this process take turns to write, then processes take turns through the
         # writer lock: SQLite admits one writer at a time anyway (see _wake for why we queue
@@ -185,17 +207,29 @@ class Runtime:
             with translate_driver_errors(core.display):
                 if fresh:
                     core.prepare_file()
-                self.engine: Engine = create_sqlite_engine(
+                self.engine: Engine = create_engine_for(
                     core.target, busy_timeout_ms=core.busy_timeout_ms
                 )
                 opened.append(self.engine.dispose)
-                self._writer = WriterLock(self.path, core.sharing)
+                self._writer: WriterLock | ServerTurn
+                if self.remote:
+                    self._writer, self._writer_id = ServerTurn(), None
+                else:
+                    self._writer = WriterLock(self.path, core.sharing)
+                    self._writer_id = _file_id(self._writer.path)
                 opened.append(self._writer.close)
-                self._writer_id = _file_id(self._writer.path)
                 if fresh:
                     with self.engine.connect() as conn:
                         core.open_database(conn)
-                self.wake_socket = WakeSocket(core.sharing)
+                self.wake_socket: WakeSocket | PgListener
+                if self.remote:
+                    from ._pglisten import PgListener
+
+                    self.wake_socket = PgListener(
+                        self.engine, f"collet_{core.owner}", retry_secs=core.poll_interval
+                    )
+                else:
+                    self.wake_socket = WakeSocket(core.sharing)
                 opened.append(self.wake_socket.close)
                 self.pids = PidWatch()
                 opened.append(self.pids.close)
@@ -289,8 +323,64 @@ class Runtime:
     def read(self, func: Callable[[Connection], T]) -> T:
         """Run one read transaction (no turn to write needed: WAL readers never wait)."""
         self.check()
+        if self.remote:
+            return self._retrying(func)
         with self.connection() as conn:
             return func(conn)
+
+    def _retrying(
+        self,
+        func: Callable[[Connection], T],
+        *,
+        wake: list[tuple[str, int]] | None = None,
+        closing: bool = False,
+    ) -> T:
+        """Run ``func`` on a server connection, again on a new one while the server is away.
+
+        A dropped connection (a server restart, a network failure) is retried, with backoff, for
+        up to the busy timeout; then ``DatabaseUnavailableError`` names the server. A commit
+        whose answer was lost may have happened, so a retried transaction is told
+        (``RETRY_KEY``) and looks for what its first attempt may have written.
+        """
+        core = self.core
+        deadline: float | None = None
+        delay = 0.01
+        attempt = 0
+        while True:
+            lost = False
+            try:
+                with translate_driver_errors(core.display), self.connection() as conn:
+                    info = conn.info
+                    info[WAKE_KEY], info[RETRY_KEY] = (wake if wake is not None else []), attempt
+                    try:
+                        return func(conn)
+                    except BaseException:
+                        lost = _connection_lost(conn)
+                        raise
+                    finally:
+                        del info[WAKE_KEY], info[RETRY_KEY]
+            except LimiterError as exc:
+                if not lost:
+                    raise
+                now = monotonic()
+                if deadline is None:
+                    deadline = now + core.busy_timeout_ms / 1000
+                    log.warning(
+                        "lost the connection to %s (%s); reconnecting", core.target.host, exc
+                    )
+                if now >= deadline:
+                    raise core.unreachable(exc) from exc.__cause__
+                if self.closed and not closing:
+                    raise LimiterClosedError(f"{self.face} on {core.display} is closed") from None
+                self._close_spares()
+                self._sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.5)
+                attempt += 1
+
+    @staticmethod
+    def _sleep(seconds: float) -> None:
+        """Sleep between reconnection attempts."""
+        time.sleep(max(0.0, seconds))
 
     def write(self, func: Callable[[Connection], T], *, blocking: bool = True) -> T | NotNow:
         """Run one write transaction in this process's turn; wake-ups are sent after it.
@@ -321,6 +411,10 @@ class Runtime:
     ) -> T | NotNow:
         """``write`` once the thread lock is held: the writer lock, reopen, the transaction."""
         core = self.core
+        if self.remote:
+            if not blocking:  # the async face runs every server round trip off its loop
+                return NOT_NOW
+            return self._retrying(func, wake=wake, closing=closing)
         with translate_driver_errors(core.display):
             if blocking:
                 if not self._writer.acquire(core.busy_timeout_ms / 1000):
@@ -348,6 +442,7 @@ class Runtime:
         lease already and is carried over with the others.
         """
         core = self.core
+        assert isinstance(self._writer, WriterLock), "only a SQLite file is ever replaced"
         self._close_spares()
         self.engine.dispose()
         self.engine = create_sqlite_engine(core.target, busy_timeout_ms=core.busy_timeout_ms)
@@ -651,6 +746,10 @@ class Runtime:
         core = self.core
         wake: list[tuple[str, int]] = []
         try:
+            if self.remote:
+                with contextlib.suppress(LimiterError):
+                    self._retrying(core.release_owner, wake=wake, closing=True)
+                return
             if not core.file_replaced():
                 self._write_in_turn(core.release_owner, wake, blocking=True, closing=True)
                 return
@@ -673,6 +772,17 @@ def _file_id(path: Any) -> tuple[int, int] | None:
     except OSError:
         return None
     return info.st_dev, info.st_ino
+
+
+def _connection_lost(conn: Connection) -> bool:
+    """Whether ``conn``'s link to the server broke (rather than a statement failing)."""
+    if conn.invalidated or conn.closed:
+        return True
+    try:
+        raw: Any = conn.connection.dbapi_connection
+    except Exception:  # noqa: BLE001 - SQLAlchemy refuses a connection it invalidated
+        return True
+    return raw is None or bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
 
 
 def _pipe() -> tuple[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -26,6 +27,10 @@ SCHEMA_REVISION: Final = "0004_grant_on_release"
 
 metadata = MetaData()
 
+# Ids only grow and are never reused: 64-bit on PostgreSQL (BIGSERIAL); SQLite's INTEGER PRIMARY
+# KEY is 64-bit already, and must be spelled INTEGER to be the rowid.
+_ID: Final = Integer().with_variant(BigInteger(), "postgresql")
+
 models = Table(
     "models",
     metadata,
@@ -42,7 +47,7 @@ models = Table(
 leases = Table(
     "leases",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", _ID, primary_key=True, autoincrement=True),
     Column("token", String, nullable=False),
     Column("provider", String, nullable=False),
     Column("model", String, nullable=False),
@@ -69,7 +74,7 @@ waiters = Table(
     "waiters",
     metadata,
     # The id is the ticket: smaller ids were queued earlier and are served first.
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", _ID, primary_key=True, autoincrement=True),
     Column("token", String, nullable=False),
     Column("provider", String, nullable=False),
     Column("model", String, nullable=False),

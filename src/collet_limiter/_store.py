@@ -330,6 +330,17 @@ def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
     return bool(_TICKET_EXISTS.scalar(conn, params))
 
 
+_TICKET_BY_TOKEN: Final = Prepared(
+    select(s.waiters.c.id).where(s.waiters.c.token == bindparam("ticket_token"))
+)
+
+
+def ticket_by_token(conn: Connection, token: str) -> int | None:
+    """The id of the ticket queued under ``token``, if any."""
+    found = _TICKET_BY_TOKEN.scalar(conn, {"ticket_token": token})
+    return None if found is None else int(found)
+
+
 _WAITERS: Final = Prepared(
     select(
         s.waiters.c.id,
@@ -378,7 +389,9 @@ def grant_waiting(
     """Grant the waiters the fairness rule now admits; returns whom to wake after commit.
 
     Called at the end of every transaction that frees room (release, reap, discard, close): one
-    read of the queue, and nothing more when it is empty. Each admitted ticket that carries a
+    read of the queue, and nothing more when it is empty. On PostgreSQL the wake-ups are
+    ``NOTIFY``s issued here, which the server delivers when (and only if) the transaction
+    commits; nothing is left to send after the commit. Each admitted ticket that carries a
     lease token becomes that waiter's lease (via ``queue``, expiring when the ticket would) in
     this transaction, so the woken waiter only reads it: one write per handoff. A ticket without
     one (queued by an older collet-limiter) is only woken, and claims for itself. ``skip`` is
@@ -406,7 +419,16 @@ def grant_waiting(
         params = {"granted_id": ticket, "granted_ts": now, "granted_at": granted_at}
         _GRANT_LEASE.execute(conn, params).close()
         _DELETE_GRANTED.execute(conn, {"granted_id": ticket}).close()
-    return [(by_id[t].wake_addr, t) for t in tickets if by_id[t].wake_addr]
+    targets = [(by_id[t].wake_addr, t) for t in tickets if by_id[t].wake_addr]
+    if targets and conn.dialect.name == "postgresql":
+        for channel, ticket in targets:
+            _NOTIFY.execute(conn, {"channel": channel, "payload": str(ticket)}).close()
+        return []
+    return targets
+
+
+# A waiter's wake-up on PostgreSQL: its limiter's channel, its ticket as the payload.
+_NOTIFY: Final = Prepared(select(func.pg_notify(bindparam("channel"), bindparam("payload"))))
 
 
 _LEASE_BY_TOKEN: Final = Prepared(select(s.leases).where(s.leases.c.token == bindparam("token")))

@@ -97,12 +97,24 @@ class WakeSocket:
         sock.setblocking(False)  # noqa: FBT003 - the socket API's own signature
         self._sock, self.address = sock, name
 
+    # The interface the watcher shares with ``_pglisten.PgListener``: a socket is always up.
+    reconnected = False
+
+    @property
+    def connected(self) -> bool:
+        """Always True: a local socket does not drop."""
+        return True
+
+    def connect(self) -> bool:
+        """Nothing to do: the socket was bound when made."""
+        return True
+
     def fileno(self) -> int:
         """The socket's descriptor (for selectors and add_reader); -1 when there is none."""
         return self._sock.fileno() if self._sock is not None else -1
 
-    def drain(self) -> set[int]:
-        """The ticket ids received from trusted senders since the last call."""
+    def drain(self) -> set[int] | None:
+        """The ticket ids received from trusted senders since the last call (never None)."""
         tickets: set[int] = set()
         while self._sock is not None:
             try:

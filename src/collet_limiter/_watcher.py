@@ -91,8 +91,9 @@ class Watcher:
             self.conn, self.version = conn, -1
         engine = rt.engine
         poller = _Poller()
-        wake_fd = rt.wake_socket.fileno()
+        listener = rt.wake_socket
         while rt.waiters and not rt.closed and rt.engine is engine:
+            look = self._listening() or look
             if sweep:
                 rt.reap()
                 sweep, look = False, True
@@ -106,9 +107,14 @@ class Watcher:
             pidfds = set(rt.pids.fds())
             now = monotonic()
             timeout = max(0.0, min(core.poll_interval, sweep_due - now, self.expiry_due - now))
+            wake_fd = listener.fileno()
             ready = poller.poll({wake_fd, rt.interrupt_r, *pidfds}, timeout)
             if wake_fd in ready:
-                self.wake(rt.wake_socket.drain())
+                tickets = listener.drain()
+                if tickets is None:  # the LISTEN connection dropped: look once it is back
+                    look = True
+                else:
+                    self.wake(tickets)
             now = monotonic()
             if rt.interrupt_r in ready:
                 drain(rt.interrupt_r)
@@ -120,15 +126,38 @@ class Watcher:
             # Pushed wake-ups reach the waiters whose turn came; looking after other commits
             # is the backstop, at most once per poll interval, or every process's watcher would
             # read the queue after every commit of a busy database.
-            if now - self.looked >= core.poll_interval and data_version(conn) != self.version:
+            if now - self.looked >= core.poll_interval and self._changed(conn, now):
                 look = True
+
+    def _listening(self) -> bool:
+        """(Re)connect the wake-up listener if it is down; True when it just came (back) up,
+        since notifications sent while it was down were lost and the queue needs a look."""
+        listener = self.rt.wake_socket
+        if not listener.connected:
+            listener.connect()
+        if listener.reconnected:
+            listener.reconnected = False
+            return True
+        return False
+
+    def _changed(self, conn: Connection, now: float) -> bool:
+        """Whether to look again: something was committed since the last look (SQLite's
+        data_version), or, on a server, the last look is older than the longest poll interval
+        (every poll interval while the LISTEN connection is down)."""
+        rt, core = self.rt, self.rt.core
+        if not rt.remote:
+            return data_version(conn) != self.version
+        listening = rt.wake_socket.connected
+        interval = core.max_poll_interval if listening else core.poll_interval
+        return now - self.looked >= interval
 
     def _look(self, conn: Connection) -> bool:
         """Wake the waiters a claim would now grant; watch the holders. True: one is dead."""
         rt, core = self.rt, self.rt.core
         self.looked = monotonic()
         # Read before looking: a commit made meanwhile is seen at the next check.
-        self.version = data_version(conn)
+        if not rt.remote:
+            self.version = data_version(conn)
         with rt.lock:
             waiters = list(rt.waiters.values())
         flags, outlook = core.could_grant(conn, [w.request for w in waiters])
@@ -138,7 +167,7 @@ class Watcher:
         dead = rt.pids.update(outlook.holders)
         self.expiry_due = math.inf
         if outlook.next_expiry is not None:
-            wait = max(0.0, outlook.next_expiry - core.clock())
+            wait = max(0.0, outlook.next_expiry - core.estimated_now())
             self.expiry_due = monotonic() + wait + 0.001
         return dead
 
