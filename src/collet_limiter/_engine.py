@@ -243,9 +243,8 @@ def _on_postgres_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _on_postgres_begin(lock_key: int) -> Any:
-    lock_sql = (  # an integer of ours, not input
-        f"SELECT extract(epoch FROM clock_timestamp()) FROM pg_advisory_xact_lock({lock_key})"  # noqa: S608
-    )
+    lock_sql = "SELECT extract(epoch FROM clock_timestamp()) FROM pg_advisory_xact_lock(%s)"
+    lock_params = (lock_key,)
 
     def begin(conn: Connection) -> None:
         cursor = conn.connection.cursor()
@@ -254,7 +253,7 @@ def _on_postgres_begin(lock_key: int) -> Any:
                 cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 return
             cursor.execute("BEGIN")
-            cursor.execute(lock_sql)  # the clock is read once the lock is granted
+            cursor.execute(lock_sql, lock_params)  # the clock is read once the lock is granted
             row = cursor.fetchone()
             assert row is not None
             conn.info[SERVER_NOW] = float(row[0])

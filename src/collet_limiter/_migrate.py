@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
+from sqlalchemy.schema import CreateSchema
 
 from ._engine import read_transaction, write_transaction
 from ._errors import SchemaVersionError
@@ -99,6 +100,6 @@ def ensure_schema(conn: Connection, *, display: str, schema: str | None = None) 
             return False
         _check_known(revision, display=display)
         if schema is not None:
-            conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            conn.execute(CreateSchema(schema, if_not_exists=True))
         command.upgrade(_alembic_config(conn), "head")  # type: ignore[arg-type]
     return True

@@ -52,7 +52,9 @@ class PgListener:
             raw = self._engine.raw_connection()
             pg = raw.driver_connection
             raw.detach()  # never returned to the pool: it stays in LISTEN mode
-            pg.execute(f'LISTEN "{self.address}"')
+            from psycopg import sql
+
+            pg.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.address)))
         except Exception as exc:  # noqa: BLE001 - the database is down: the watcher polls
             log.debug("cannot listen for wake-ups on %s: %s", self.address, exc)
             if raw is not None:
