@@ -20,12 +20,15 @@ from collet_limiter import AcquireTimeout, Limiter, load_config
 
 def _limiter(args: argparse.Namespace) -> Limiter:
     config = load_config(args.config) if args.config else None
+    skew = args.clock_skew
     return Limiter(
         args.db,
         config=config,
         poll_interval=args.poll,
         max_poll_interval=args.max_poll,
         lease_ttl=args.ttl,
+        # A host whose clock is off by ``skew`` seconds (PostgreSQL must not care).
+        clock=(lambda: time.time() + skew) if skew else None,
     )
 
 
@@ -191,6 +194,7 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=0.002)
     parser.add_argument("--max-poll", type=float, default=0.2)
     parser.add_argument("--ttl", type=float)
+    parser.add_argument("--clock-skew", type=float, default=0.0)
     parser.add_argument("--go")
     parser.add_argument("--async-tasks", type=int, default=0)
     args = parser.parse_args()

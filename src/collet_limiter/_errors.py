@@ -89,17 +89,39 @@ class SchemaVersionError(StorageError):
 
 def _driver_message(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
-    return str(orig if orig is not None else exc)
+    text = str(orig if orig is not None else exc)
+    return " ".join(text.split())  # psycopg's messages run over several indented lines
 
 
 # (substrings of the driver's message, error class, what to tell the user); first match wins.
 _DRIVER_MESSAGES: Final[tuple[tuple[tuple[str, ...], type[StorageError], str], ...]] = (
     (
-        ("locked", "busy"),
+        ("locked", "busy", "lock timeout"),
         DatabaseBusyError,
         (
             "database {path} stayed locked by another process beyond the busy timeout; raise "
             "[limiter] busy_timeout_ms or find the process holding a long transaction"
+        ),
+    ),
+    (
+        (
+            "connection refused",
+            "connection is bad",
+            "connection to server",
+            "could not connect",
+            "connection failed",
+            "server closed the connection",
+            "terminating connection",
+            "the database system is",
+            "timeout expired",
+            "could not translate host name",
+            "no route to host",
+            "connection timed out",
+        ),
+        DatabaseUnavailableError,
+        (
+            "cannot reach the database server of {path} ({text}); check that the server runs, "
+            "that this host can reach it, and the host, port and credentials in the URL"
         ),
     ),
     (

@@ -218,7 +218,9 @@ class Runtime:
                     self._writer = WriterLock(self.path, core.sharing)
                     self._writer_id = _file_id(self._writer.path)
                 opened.append(self._writer.close)
-                if fresh:
+                if fresh and self.remote:  # waits out a server restart, as every write does
+                    self._retrying(core.open_database)
+                elif fresh:
                     with self.engine.connect() as conn:
                         core.open_database(conn)
                 self.wake_socket: WakeSocket | PgListener
@@ -347,9 +349,10 @@ class Runtime:
         delay = 0.01
         attempt = 0
         while True:
-            lost = False
+            connected = lost = False
             try:
                 with translate_driver_errors(core.display), self.connection() as conn:
+                    connected = True
                     info = conn.info
                     info[WAKE_KEY], info[RETRY_KEY] = (wake if wake is not None else []), attempt
                     try:
@@ -360,7 +363,9 @@ class Runtime:
                     finally:
                         del info[WAKE_KEY], info[RETRY_KEY]
             except LimiterError as exc:
-                if not lost:
+                # Retried: a link that broke, or a connection the server refused for now (it is
+                # restarting, or unreachable); not a refusal that waiting cannot cure.
+                if not (lost or (not connected and _may_pass(exc))):
                     raise
                 now = monotonic()
                 if deadline is None:
@@ -783,6 +788,22 @@ def _connection_lost(conn: Connection) -> bool:
     except Exception:  # noqa: BLE001 - SQLAlchemy refuses a connection it invalidated
         return True
     return raw is None or bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
+
+
+# SQLSTATE classes of connection refusals that waiting cannot cure: bad credentials (28), no such
+# database (3D), and a server that does not speak the protocol asked for (08P01).
+_PERMANENT_REFUSALS: Final = ("28", "3D", "08P01")
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """Whether a failure to connect may pass with time (the server restarting, down for now)."""
+    cause = exc.__cause__
+    cause = getattr(cause, "orig", None) or cause
+    state = getattr(cause, "sqlstate", None) or ""
+    if state.startswith(_PERMANENT_REFUSALS):
+        return False
+    text = str(cause).lower()
+    return not ("password" in text or "does not exist" in text or "authentication" in text)
 
 
 def _pipe() -> tuple[int, int]:
