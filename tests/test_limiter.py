@@ -1,4 +1,5 @@
-"""The Limiter's rules on a real SQLite file, in one process (fake clock where time matters)."""
+"""The Limiter's rules on a real database (SQLite file, PostgreSQL group), in one process
+(fake clock where time matters)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -31,6 +32,7 @@ from collet_limiter import (
 
 from .conftest import SMALL, make_config
 from .namespaces import NEW_NET_NAMESPACE, NEW_PID_NAMESPACE, needs_namespaces, worker
+from .sql import SQLITE_ONLY, execute, rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -41,18 +43,19 @@ if TYPE_CHECKING:
 
     Open = Callable[..., Limiter]
 
+# On PostgreSQL a transaction's time is the server's clock plus how far the fake clock moved
+# beyond this host's since the limiter's first transaction: two transactions' times differ from
+# the fake clock's by the difference in how long each took from reading the server's clock to
+# reading this host's (tens of microseconds; 0.5 s leaves room for a loaded machine and is far
+# below the seconds the renewal test tells apart).
+SERVER_CLOCK_SLACK = 0.5
+
 GLM5, GLM47, FLASH, SONNET = (
     ModelKey("zai", "glm-5"),
     ModelKey("zai", "glm-4.7"),
     ModelKey("zai", "glm-4.7-flash"),
     ModelKey("claude", "sonnet"),
 )
-
-
-def rows(db: Path, query: str) -> list[tuple[object, ...]]:
-    """Read the database the way an operator would: plain sqlite3."""
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query).fetchall()
 
 
 def test_acquire_grants_the_primary_and_release_frees_it(
@@ -130,7 +133,7 @@ def test_a_lease_holds_its_global_slot_until_released(open_limiter: Open) -> Non
 
 
 def test_acquire_wait_times_out_and_leaves_no_ticket(
-    open_limiter: Open, small_config: Config, db: Path
+    open_limiter: Open, small_config: Config, database: Path | str
 ) -> None:
     limiter = open_limiter(small_config)
     _held3 = limiter.acquire(GLM5)
@@ -139,10 +142,10 @@ def test_acquire_wait_times_out_and_leaves_no_ticket(
         _held4 = limiter.acquire_wait(GLM5, timeout=0.1)
     assert time.monotonic() - started >= 0.1
     assert isinstance(info.value, TimeoutError) and info.value.key == GLM5
-    assert rows(db, "select count(*) from waiters") == [(0,)]
+    assert rows(database, "select count(*) from waiters") == [(0,)]
     with pytest.raises(AcquireTimeout):
         _held5 = limiter.acquire_wait(GLM5, timeout=0)
-    assert rows(db, "select count(*) from waiters") == [(0,)]
+    assert rows(database, "select count(*) from waiters") == [(0,)]
 
 
 def test_acquire_wait_does_not_fall_back(open_limiter: Open, small_config: Config) -> None:
@@ -152,11 +155,11 @@ def test_acquire_wait_does_not_fall_back(open_limiter: Open, small_config: Confi
         _held7 = limiter.acquire_wait(GLM5, timeout=0.05)
 
 
-def release_once_queued(db: Path, lease: Any) -> threading.Thread:
+def release_once_queued(database: Path | str, lease: Any) -> threading.Thread:
     """Release ``lease`` from a thread once a ticket is queued: the waiter found it held."""
 
     def release() -> None:
-        wait_for(lambda: rows(db, "select count(*) from waiters") == [(1,)])
+        wait_for(lambda: rows(database, "select count(*) from waiters") == [(1,)])
         lease.release()
 
     thread = threading.Thread(target=release)
@@ -165,11 +168,11 @@ def release_once_queued(db: Path, lease: Any) -> threading.Thread:
 
 
 def test_a_waiter_gets_the_slot_when_it_is_released(
-    open_limiter: Open, small_config: Config, db: Path
+    open_limiter: Open, small_config: Config, database: Path | str
 ) -> None:
     limiter, other = open_limiter(small_config), open_limiter(small_config)
     held = other.acquire(GLM5)
-    releaser = release_once_queued(db, held)
+    releaser = release_once_queued(database, held)
     lease = limiter.acquire_wait(GLM5, timeout=30)
     releaser.join(30)
     assert (lease.key, lease.via) == (GLM5, "queue")
@@ -177,11 +180,11 @@ def test_a_waiter_gets_the_slot_when_it_is_released(
 
 
 def test_acquire_queues_for_the_primary_when_every_candidate_is_full(
-    open_limiter: Open, db: Path
+    open_limiter: Open, database: Path | str
 ) -> None:
     limiter = open_limiter(make_config(models=[{"name": "m", "concurrency_limit": 1}]))
     held, _other = limiter.acquire("p/m"), limiter.acquire("q/m")
-    releaser = release_once_queued(db, held)
+    releaser = release_once_queued(database, held)
     lease = limiter.acquire("p/m", ["q/m"], timeout=30)
     releaser.join(30)
     assert (str(lease.key), lease.via) == ("p/m", "queue")
@@ -215,7 +218,8 @@ def test_waiters_are_served_in_ticket_order(open_limiter: Open, small_config: Co
 # process in its own network namespace (``unshare --net``): the abstract Unix socket its ticket
 # names cannot be reached from here, so only its poll of ``PRAGMA data_version`` can wake it. It
 # is stopped (SIGSTOP) while the test makes its fresh requests, then continued, and must be
-# granted by its next poll.
+# granted by its next poll. SQLite only: the waiter is cut off from its datagram wake socket, and
+# stopped while it holds no ``<db>.lock``, which PostgreSQL (LISTEN/NOTIFY, advisory locks) lacks.
 WAITER_POLL = 0.5  # seconds; the waiter's poll_interval and max_poll_interval
 
 
@@ -289,6 +293,7 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+@SQLITE_ONLY
 @needs_namespaces
 def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
     open_limiter: Open, small_config: Config, db: Path
@@ -313,6 +318,7 @@ def test_a_waiter_is_not_overtaken_by_a_fresh_request_as_primary_or_fallback(
         assert resume() == [str(GLM47), "queue"]
 
 
+@SQLITE_ONLY
 @needs_namespaces
 def test_the_last_global_slot_goes_to_the_oldest_waiter_whose_model_has_room(
     open_limiter: Open, db: Path
@@ -348,12 +354,21 @@ def test_an_expired_lease_is_reclaimed_when_room_is_needed_and_its_holder_learns
     assert [info.key for info in taker.leases()].count(GLM5) == 1
 
 
-def test_renewal_extends_every_lease_of_the_limiter(open_limiter: Open, clock: FakeClock) -> None:
+def test_renewal_extends_every_lease_of_the_limiter(
+    open_limiter: Open, clock: FakeClock, database: Path | str
+) -> None:
     limiter = open_limiter(lease_ttl=10)
     a, b = limiter.acquire("p/a"), limiter.acquire("p/b")
+    acquired_expiry = a.expires_at  # the acquisition's time + 10
     clock.advance(8)
     assert limiter.renew() == []
-    assert a.expires_at.timestamp() == pytest.approx(clock.now + 10)
+    # Renewed 8 s (fake) after acquisition: the TTL counts from then. Relative, because on
+    # PostgreSQL lease times are the server's clock (plus the fake clock's advance), not clock.now.
+    renewed_by = (a.expires_at - acquired_expiry).total_seconds()
+    slack = SERVER_CLOCK_SLACK if isinstance(database, str) else None
+    assert renewed_by == pytest.approx(8, abs=slack)
+    if isinstance(database, Path):  # the limiter's clock is the fake one
+        assert a.expires_at.timestamp() == pytest.approx(clock.now + 10)
     assert {info.expires_at for info in limiter.leases()} == {a.expires_at, b.expires_at}
     clock.advance(8)  # 16 s after acquisition, but renewed at 8
     other = open_limiter(make_config(models=[{"name": "a", "concurrency_limit": 1}]))
@@ -368,17 +383,18 @@ def test_release_is_idempotent(open_limiter: Open) -> None:
     assert limiter.leases() == []
 
 
-def test_a_stale_handle_cannot_release_someone_elses_lease(open_limiter: Open, db: Path) -> None:
+def test_a_stale_handle_cannot_release_someone_elses_lease(
+    open_limiter: Open, database: Path | str
+) -> None:
     limiter = open_limiter()
     lease = limiter.acquire("p/a")
-    with sqlite3.connect(db) as conn:
-        conn.execute("update leases set token = 'someone-else'")
+    execute(database, "update leases set token = 'someone-else'")
     lease.release()
     assert lease.lost
-    assert rows(db, "select count(*) from leases") == [(1,)]
+    assert rows(database, "select count(*) from leases") == [(1,)]
 
 
-def test_close_releases_this_limiters_leases_and_tickets_only(open_limiter: Open, db: Path) -> None:
+def test_close_releases_this_limiters_leases_and_tickets_only(open_limiter: Open) -> None:
     mine, theirs = open_limiter(), open_limiter()
     theirs_lease = theirs.acquire("p/a")
     _held11 = mine.acquire("p/b")
@@ -390,7 +406,9 @@ def test_close_releases_this_limiters_leases_and_tickets_only(open_limiter: Open
     mine.close()  # idempotent
 
 
-def test_close_wakes_a_blocked_waiter(open_limiter: Open, small_config: Config, db: Path) -> None:
+def test_close_wakes_a_blocked_waiter(
+    open_limiter: Open, small_config: Config, database: Path | str
+) -> None:
     limiter = open_limiter(small_config)
     _held14 = limiter.acquire(GLM5)
     errors: list[BaseException] = []
@@ -408,23 +426,25 @@ def test_close_wakes_a_blocked_waiter(open_limiter: Open, small_config: Config, 
     limiter.close()
     thread.join(5)
     assert errors and isinstance(errors[0], LimiterClosedError)
-    assert rows(db, "select count(*) from waiters") == [(0,)]
+    assert rows(database, "select count(*) from waiters") == [(0,)]
 
 
-def test_the_tables_show_who_holds_what_to_plain_sqlite(
-    open_limiter: Open, small_config: Config, db: Path
+def test_the_tables_show_who_holds_what_to_a_plain_client(
+    open_limiter: Open, small_config: Config, database: Path | str
 ) -> None:
     limiter = open_limiter(small_config)
     _held16 = limiter.acquire(GLM5, holder="agent-7")
-    assert rows(db, "SELECT provider, model, pid, holder FROM leases") == [
+    assert rows(database, "SELECT provider, model, pid, holder FROM leases") == [
         ("zai", "glm-5", os.getpid(), "agent-7")
     ]
-    ((acquired_at, expires_at),) = rows(db, "SELECT acquired_at, expires_at FROM leases")
+    ((acquired_at, expires_at),) = rows(database, "SELECT acquired_at, expires_at FROM leases")
     assert str(acquired_at).endswith("Z") and "T" in str(expires_at)
-    assert rows(db, "SELECT value FROM meta WHERE key = 'max_agents'") == [("10",)]
+    assert rows(database, "SELECT value FROM meta WHERE key = 'max_agents'") == [("10",)]
 
 
+@SQLITE_ONLY
 def test_the_connection_pragmas_took_effect(open_sync_limiter: Open) -> None:
+    """SQLite only: pragmas are SQLite's connection settings."""
     from collet_limiter._engine import pragmas
 
     limiter = open_sync_limiter(make_config(limiter={"busy_timeout_ms": 1234}))
@@ -433,11 +453,11 @@ def test_the_connection_pragmas_took_effect(open_sync_limiter: Open) -> None:
 
 
 def test_models_are_seeded_from_config_and_added_on_demand(
-    open_limiter: Open, small_config: Config, db: Path
+    open_limiter: Open, small_config: Config, database: Path | str
 ) -> None:
     limiter = open_limiter(small_config)
     seeded = rows(
-        db,
+        database,
         "select provider, model, concurrency_limit, cost_tier, supports_tool_use, is_cli, position from models order by position",
     )
     assert seeded == [
@@ -447,15 +467,15 @@ def test_models_are_seeded_from_config_and_added_on_demand(
         ("claude", "sonnet", 1, "standard", 1, 1, 3),
     ]
     _held17 = limiter.acquire("other/glm-5")
-    assert rows(db, "select concurrency_limit, position from models where provider = 'other'") == [
-        (1, None)
-    ]
+    assert rows(
+        database, "select concurrency_limit, position from models where provider = 'other'"
+    ) == [(1, None)]
     assert limiter.resolve_limit("other/glm-5") == 1
     assert limiter.resolve_limit("new/qwen-turbo") == 8
 
 
 def test_the_last_config_written_is_what_every_process_obeys(
-    open_limiter: Open, small_config: Config, db: Path, caplog: pytest.LogCaptureFixture
+    open_limiter: Open, small_config: Config, database: Path | str, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = open_limiter(small_config)
     _held18 = first.acquire("other/thing")
@@ -471,18 +491,18 @@ def test_the_last_config_written_is_what_every_process_obeys(
     assert "held another config; wrote <config built in code>" in caplog.text
     assert first.resolve_limit(GLM5) == 2  # the first limiter reads the new row
     assert first.resolve_limit("other/thing") == 7  # rows added on demand are recomputed
-    assert rows(db, "select value from meta where key = 'max_agents'") == [("10",)]
+    assert rows(database, "select value from meta where key = 'max_agents'") == [("10",)]
     _held19 = first.acquire(GLM5)
     assert isinstance(first.acquire_with_fallback(GLM5), Acquired)
 
 
 def test_reopening_with_the_same_config_writes_nothing(
-    open_limiter: Open, small_config: Config, db: Path
+    open_limiter: Open, small_config: Config, database: Path | str
 ) -> None:
     open_limiter(small_config)
-    before = rows(db, "select value from meta where key = 'config_written_at'")
+    before = rows(database, "select value from meta where key = 'config_written_at'")
     open_limiter(small_config)
-    assert rows(db, "select value from meta where key = 'config_written_at'") == before
+    assert rows(database, "select value from meta where key = 'config_written_at'") == before
 
 
 def test_explain_lists_every_candidate_with_a_reason(
@@ -514,18 +534,19 @@ def test_bad_arguments_are_clear_errors(open_limiter: Open) -> None:
         open_limiter(path="sqlite://")
 
 
-def test_reprs_show_live_state(open_limiter: Open, db: Path, api: str) -> None:
+def test_reprs_show_live_state(open_limiter: Open, database: Path | str, api: str) -> None:
     limiter = open_limiter()
     lease = limiter.acquire("p/m", holder="me")
     prefix = "" if api == "sync" else "Async"
-    assert repr(limiter) == f"<{prefix}Limiter {db} holding 1, waiting 0>"
+    # A PostgreSQL URL is shown as SQLAlchemy renders it: its query percent-encoded.
+    assert unquote(repr(limiter)) == f"<{prefix}Limiter {database} holding 1, waiting 0>"
     assert repr(lease) == f"<{prefix}Lease {lease.id} p/m via primary holder='me' held>"
     lease.release()
     assert repr(lease).endswith("released>")
 
 
 def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(
-    open_sync_limiter: Open, db: Path
+    open_sync_limiter: Open,
 ) -> None:
     limiter = open_sync_limiter()
     lease = limiter.acquire("p/m")
@@ -547,11 +568,13 @@ def test_a_fork_child_neither_releases_nor_renews_the_parents_lease(
 
 
 @needs_namespaces
-def test_leases_report_whether_their_holder_is_alive(open_limiter: Open, db: Path) -> None:
+def test_leases_report_whether_their_holder_is_alive(
+    open_limiter: Open, database: Path | str
+) -> None:
     """A holder in another PID namespace (a real one) cannot be checked from here: None."""
     limiter = open_limiter(clock=time.time)  # the worker's leases are stamped with real time
     _held23 = limiter.acquire("p/a")
-    hold = ("hold", "--db", str(db), "--model", "p/b")
+    hold = ("hold", "--db", str(database), "--model", "p/b")
     with worker(*hold, prefix=NEW_PID_NAMESPACE) as holder:
         assert holder.stdout is not None
         assert holder.stdout.readline().startswith("HELD")
@@ -580,10 +603,12 @@ def test_a_release_wakes_a_waiter_at_once_without_waiting_for_its_poll(
     assert time.monotonic() - released < 5
 
 
+@SQLITE_ONLY
 def test_a_deleted_database_file_is_recreated_with_the_leases_still_held(
     open_limiter: Open, small_config: Config, db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Deleting the file under live holders must not let a fresh process over-admit."""
+    """Deleting the file under live holders must not let a fresh process over-admit (SQLite
+    only: it is about the database file)."""
     holder = open_limiter(small_config)
     lease = holder.acquire(GLM5, holder="survivor")
     for suffix in ("", "-wal", "-shm"):
@@ -605,6 +630,7 @@ def test_a_wake_pushed_before_its_thread_registered_still_wakes_it(db: Path) -> 
 
     No public call stops a thread between its claim and its registration, so this test wraps
     the one private step it must (the runtime's ``register``); everything it checks is public.
+    SQLite only: it watches the wake-up datagram in the Unix socket's queue.
     """
     from collet_limiter import Limiter as SyncLimiter
 

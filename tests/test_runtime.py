@@ -1,10 +1,12 @@
 """The runtime both faces share: the defects a review found, each forced to happen for real.
 
-The interleavings are forced with real kernel locks held by the test (``flock`` on
-``<db>.lock``) or a trace function that stops a thread at a known call, and observed through
-``/proc`` and the database itself. All but two failed on the two-copy code before the runtime:
-the close race and the forked async child passed there too (the window the review found lay
-between the closed check and the turn to write, which no longer exist apart).
+The interleavings are forced with real locks held by the test (``flock`` on ``<db>.lock``, or a
+PostgreSQL group's advisory lock) or a trace function that stops a thread at a known call, and
+observed through ``/proc``, ``pg_locks`` and the database itself. All but two failed on the
+two-copy code before the runtime: the close race and the forked async child passed there too
+(the window the review found lay between the closed check and the turn to write, which no
+longer exist apart). Those about SQLite files (the lock file, a replaced file, datagram
+wake-ups) run on SQLite only; the others on both backends.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import fcntl
 import gc
 import os
 import resource
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -37,10 +39,10 @@ from collet_limiter import (
 
 from .conftest import make_config
 from .flocks import flock_waiters
+from .sql import execute, pg_connect, rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
 ONE = make_config(collaboration={"max_agents": 10}, models=[{"name": "m", "concurrency_limit": 1}])
 # The same with a minute-long backstop poll: a waiter woken in time was woken by a push.
@@ -49,11 +51,6 @@ PUSH_ONLY = make_config(
     models=[{"name": "m", "concurrency_limit": 1}],
     limiter={"poll_interval_ms": 60_000, "max_poll_interval_ms": 60_000},
 )
-
-
-def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def wait_for(predicate: Callable[[], bool], seconds: float = 30.0, what: str = "") -> None:
@@ -68,14 +65,33 @@ def open_fds() -> set[int]:
 
 
 @contextlib.contextmanager
-def writer_lock_held(db: Path) -> Iterator[None]:
-    """Hold ``<db>.lock`` as another writer would: every write of the limiter waits for us."""
-    fd = os.open(f"{db}.lock", os.O_RDWR)
+def writer_lock_held(database: Path | str) -> Iterator[None]:
+    """Hold the writer lock as another writer would: every write of the limiter waits for us.
+
+    A SQLite file's is ``<db>.lock``; a PostgreSQL group's, its advisory lock, taken here for
+    the session of a connection of our own.
+    """
+    if isinstance(database, str):
+        from collet_limiter._engine import resolve_target
+
+        with pg_connect(database) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (resolve_target(database).lock_key,))
+            yield  # closing the connection drops the lock
+        return
+    fd = os.open(f"{database}.lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # drops the lock
+
+
+def waits_for_writer_lock(database: Path | str) -> bool:
+    """Whether this process (SQLite) or a connection (PostgreSQL) waits for the writer lock."""
+    if isinstance(database, Path):
+        return os.getpid() in flock_waiters(database.with_name(database.name + ".lock"))
+    query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    return rows(database, query) != [(0,)]
 
 
 def innermost(thread: threading.Thread) -> str:
@@ -84,17 +100,22 @@ def innermost(thread: threading.Thread) -> str:
     return frame.f_code.co_name if frame is not None else ""
 
 
-def test_close_racing_an_acquire_leaves_no_row_and_the_acquire_says_closed(db: Path) -> None:
-    """The acquire is past its closed check, on its way to write (stopped by a trace function
-    as it checks whether the file was replaced), when close() runs: it must not write after
-    close gave the rows back, nor use the closed writer-lock descriptor."""
+def test_close_racing_an_acquire_leaves_no_row_and_the_acquire_says_closed(
+    database: Path | str,
+) -> None:
+    """The acquire is past its closed check, in its turn to write (stopped by a trace function
+    as it checks whether the file was replaced, or on PostgreSQL as it begins the transaction),
+    when close() runs: it must not write after close gave the rows back, nor use the closed
+    writer-lock descriptor."""
     from collet_limiter._core import Core
+    from collet_limiter._runtime import Runtime
 
-    limiter = Limiter(db, config=ONE)
+    limiter = Limiter(database, config=ONE)
     paused, resume = threading.Event(), threading.Event()
     errors: list[BaseException] = []
     got: list[Any] = []
-    target = Core.file_replaced.__code__
+    stop_at = Core.file_replaced if isinstance(database, Path) else Runtime._retrying
+    target = stop_at.__code__
 
     def pause(frame: Any, event: str, arg: Any) -> Any:
         if event == "call" and frame.f_code is target and not paused.is_set():
@@ -124,24 +145,22 @@ def test_close_racing_an_acquire_leaves_no_row_and_the_acquire_says_closed(db: P
     assert not thread.is_alive() and not closer.is_alive()
     assert not got
     assert len(errors) == 1 and isinstance(errors[0], LimiterClosedError), errors
-    assert rows(db, "select count(*) from leases") == [(0,)]
-    assert rows(db, "select count(*) from waiters") == [(0,)]
+    assert rows(database, "select count(*) from leases") == [(0,)]
+    assert rows(database, "select count(*) from waiters") == [(0,)]
 
 
 @pytest.mark.parametrize("face", ["sync", "async"])
-def test_failed_opens_leak_no_descriptor(db: Path, face: str) -> None:
-    with Limiter(db, config=ONE):
+def test_failed_opens_leak_no_descriptor(database: Path | str, face: str) -> None:
+    with Limiter(database, config=ONE):
         pass
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.execute("update alembic_version set version_num = 'from-the-future'")
-        conn.commit()
+    execute(database, "update alembic_version set version_num = 'from-the-future'")
     before = open_fds()
 
     def open_once() -> None:
         if face == "sync":
-            Limiter(db, config=ONE)
+            Limiter(database, config=ONE)
         else:
-            asyncio.run(AsyncLimiter(db, config=ONE).open())
+            asyncio.run(AsyncLimiter(database, config=ONE).open())
 
     for _ in range(50):
         with pytest.raises(SchemaVersionError):
@@ -151,7 +170,7 @@ def test_failed_opens_leak_no_descriptor(db: Path, face: str) -> None:
 
 
 def test_a_process_with_more_than_1023_descriptors_is_still_woken_by_push(
-    db: Path, caplog: pytest.LogCaptureFixture
+    database: Path | str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """select() fails above descriptor 1023; the watcher must keep working (poll)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -162,7 +181,10 @@ def test_a_process_with_more_than_1023_descriptors_is_still_woken_by_push(
     try:
         assert max(padding) > 1023
         config = PUSH_ONLY
-        with Limiter(db, config=config) as holder, Limiter(db, config=config) as waiter:
+        with (
+            Limiter(database, config=config) as holder,
+            Limiter(database, config=config) as waiter,
+        ):
             lease = holder.acquire("p/m")
             got: list[Any] = []
             thread = threading.Thread(target=lambda: got.append(waiter.acquire_wait("p/m", 50)))
@@ -182,23 +204,24 @@ def test_a_process_with_more_than_1023_descriptors_is_still_woken_by_push(
 
 
 def test_a_lease_garbage_collected_unreleased_is_given_back_with_a_resource_warning(
-    db: Path,
+    database: Path | str,
 ) -> None:
-    with Limiter(db, config=ONE) as limiter:
+    with Limiter(database, config=ONE) as limiter:
         lease = limiter.acquire("p/m")
-        assert rows(db, "select count(*) from leases") == [(1,)]
+        assert rows(database, "select count(*) from leases") == [(1,)]
         with pytest.warns(ResourceWarning, match="garbage-collected without release"):
             del lease  # the last reference: collected at once
-        wait_for(lambda: rows(db, "select count(*) from leases") == [(0,)], what="given back")
+        query = "select count(*) from leases"
+        wait_for(lambda: rows(database, query) == [(0,)], what="given back")
         limiter.acquire("p/m", timeout=5).release()  # the slot is free again
 
 
 def test_a_limiter_dropped_without_close_stops_its_threads_and_closes_its_descriptors(
-    db: Path,
+    database: Path | str,
 ) -> None:
     before_fds = open_fds()
     before_threads = set(threading.enumerate())
-    limiter = Limiter(db, config=ONE)
+    limiter = Limiter(database, config=ONE)
     lease = limiter.acquire("p/m")
     lease.release()
     assert set(threading.enumerate()) - before_threads  # its heartbeat runs
@@ -210,7 +233,7 @@ def test_a_limiter_dropped_without_close_stops_its_threads_and_closes_its_descri
 
 def test_an_os_error_from_checking_the_file_is_a_limiter_error(tmp_path: Path) -> None:
     """The replaced-file check stats the path; ELOOP (a directory swapped for a symlink loop)
-    must come out as a LimiterError, not an OSError of the os module."""
+    must come out as a LimiterError, not an OSError of the os module. SQLite only: a file."""
     home = tmp_path / "d"
     home.mkdir()
     db = home / "limiter.db"
@@ -227,6 +250,7 @@ def test_an_os_error_from_checking_the_file_is_a_limiter_error(tmp_path: Path) -
 def test_a_claim_waiting_for_its_turn_while_the_file_is_replaced_lands_in_the_new_file(
     db: Path,
 ) -> None:
+    """SQLite only: the database file is deleted under the waiting claim."""
     with Limiter(db, config=ONE) as limiter:
         limiter.acquire("p/m").release()  # opened, the lock file exists
         got: list[Any] = []
@@ -244,7 +268,7 @@ def test_a_claim_waiting_for_its_turn_while_the_file_is_replaced_lands_in_the_ne
 
 
 def test_keyboard_interrupt_right_after_a_fallback_claim_committed_leaves_no_lease(
-    db: Path,
+    database: Path | str,
 ) -> None:
     """The interrupt lands between the claim's commit and the lease's hand-over (forced with a
     trace function that raises it when the lease object is built)."""
@@ -258,20 +282,22 @@ def test_keyboard_interrupt_right_after_a_fallback_claim_committed_leaves_no_lea
             raise KeyboardInterrupt
         return None
 
-    with Limiter(db, config=ONE) as limiter:
+    with Limiter(database, config=ONE) as limiter:
         sys.settrace(interrupt)
         try:
             with pytest.raises(KeyboardInterrupt):
                 limiter.acquire_with_fallback("p/m")
         finally:
             sys.settrace(None)
-        assert rows(db, "select count(*) from leases") == [(0,)]
+        assert rows(database, "select count(*) from leases") == [(0,)]
         limiter.acquire("p/m", timeout=0).release()
 
 
 def test_wake_ups_are_sent_after_the_writer_lock_is_given_up(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SQLite only: datagram wake-ups and ``<db>.lock`` (PostgreSQL's NOTIFY is sent in the
+    freeing transaction, by design)."""
     lock_path = f"{db}.lock"
     free_when_sent: list[bool] = []
     send = _wake._sender.send
@@ -303,7 +329,9 @@ def test_wake_ups_are_sent_after_the_writer_lock_is_given_up(
     assert free_when_sent and all(free_when_sent), free_when_sent
 
 
-def test_an_async_lease_survives_an_event_loop_blocked_longer_than_its_ttl(db: Path) -> None:
+def test_an_async_lease_survives_an_event_loop_blocked_longer_than_its_ttl(
+    database: Path | str,
+) -> None:
     """A synchronous call inside a coroutine blocks the loop for 2.5 TTLs: the heartbeat is a
     thread, so the lease is renewed and another limiter is never granted the slot meanwhile."""
     ttl = 0.6
@@ -311,7 +339,7 @@ def test_an_async_lease_survives_an_event_loop_blocked_longer_than_its_ttl(db: P
     intruders: list[str] = []
 
     def contend() -> None:
-        with Limiter(db, config=ONE, lease_ttl=ttl) as other:
+        with Limiter(database, config=ONE, lease_ttl=ttl) as other:
             while not stop.is_set():
                 result = other.acquire_with_fallback("p/m")
                 if not hasattr(result, "reason"):
@@ -320,7 +348,7 @@ def test_an_async_lease_survives_an_event_loop_blocked_longer_than_its_ttl(db: P
                 time.sleep(0.01)
 
     async def main() -> bool:
-        async with AsyncLimiter(db, config=ONE, lease_ttl=ttl) as limiter:
+        async with AsyncLimiter(database, config=ONE, lease_ttl=ttl) as limiter:
             lease = await limiter.acquire("p/m")
             thread = threading.Thread(target=contend)
             thread.start()
@@ -335,12 +363,12 @@ def test_an_async_lease_survives_an_event_loop_blocked_longer_than_its_ttl(db: P
     assert intruders == []
 
 
-def test_an_async_limiter_left_open_at_exit_gives_its_rows_back(db: Path) -> None:
+def test_an_async_limiter_left_open_at_exit_gives_its_rows_back(database: Path | str) -> None:
     code = textwrap.dedent(f"""
         import asyncio
         from collet_limiter import AsyncLimiter, Config
         async def main():
-            limiter = AsyncLimiter({str(db)!r}, config=Config())
+            limiter = AsyncLimiter({str(database)!r}, config=Config())
             global lease
             lease = await limiter.acquire("p/m")
             print("HELD", flush=True)
@@ -351,12 +379,12 @@ def test_an_async_limiter_left_open_at_exit_gives_its_rows_back(db: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert "HELD" in result.stdout
-    assert rows(db, "select count(*) from leases") == [(0,)]
+    assert rows(database, "select count(*) from leases") == [(0,)]
 
 
-def test_a_forked_child_uses_its_async_limiter_afresh(db: Path) -> None:
+def test_a_forked_child_uses_its_async_limiter_afresh(database: Path | str) -> None:
     async def hold() -> Any:
-        limiter = AsyncLimiter(db, config=make_config(
+        limiter = AsyncLimiter(database, config=make_config(
             collaboration={"max_agents": 10},
             models=[{"name": "m", "concurrency_limit": 1}, {"name": "n", "concurrency_limit": 1}],
         ))  # fmt: skip
@@ -382,28 +410,30 @@ def test_a_forked_child_uses_its_async_limiter_afresh(db: Path) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert not lease.released and rows(db, "select count(*) from leases") == [(1,)]
+    assert not lease.released and rows(database, "select count(*) from leases") == [(1,)]
     loop.run_until_complete(lease.release())
     loop.run_until_complete(limiter.close())
     loop.close()
 
 
-def test_a_cancelled_async_acquire_waiting_for_the_writer_lock_leaves_nothing(db: Path) -> None:
-    """The transaction cannot start inline (another process holds the writer lock), so it runs
-    on the worker; the task is cancelled meanwhile and must not leave a lease or a ticket."""
+def test_a_cancelled_async_acquire_waiting_for_the_writer_lock_leaves_nothing(
+    database: Path | str,
+) -> None:
+    """The transaction cannot start inline (another process holds the writer lock; on
+    PostgreSQL it never does), so it runs on the worker; the task is cancelled meanwhile and
+    must not leave a lease or a ticket."""
 
     async def main() -> None:
-        async with AsyncLimiter(db, config=ONE) as limiter:
-            with writer_lock_held(db):
+        async with AsyncLimiter(database, config=ONE) as limiter:
+            with writer_lock_held(database):
                 task = asyncio.ensure_future(limiter.acquire("p/m"))
-                lock = db.with_name(db.name + ".lock")
-                while os.getpid() not in flock_waiters(lock):
+                while not waits_for_writer_lock(database):
                     await asyncio.sleep(0.002)
                 task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert rows(db, "select count(*) from leases") == [(0,)]
-            assert rows(db, "select count(*) from waiters") == [(0,)]
+            assert rows(database, "select count(*) from leases") == [(0,)]
+            assert rows(database, "select count(*) from waiters") == [(0,)]
 
     asyncio.run(main())
 
@@ -422,15 +452,20 @@ def test_the_acquire_loop_is_written_once() -> None:
             assert private not in source, (module.__name__, private)
 
 
-def test_a_waiter_cancelled_just_as_a_release_granted_it_gives_the_lease_on(db: Path) -> None:
+def test_a_waiter_cancelled_just_as_a_release_granted_it_gives_the_lease_on(
+    database: Path | str,
+) -> None:
     """A release grants the first waiter its lease in the release's own transaction; that
     waiter's task is cancelled before it runs again. Its lease must go to the next waiter
     (exactly one outcome: never leaked, never granted twice)."""
     config = PUSH_ONLY
 
     async def main() -> None:
-        async with AsyncLimiter(db, config=config) as limiter:
-            with Limiter(db, config=config) as holder, Limiter(db, config=config) as behind:
+        async with AsyncLimiter(database, config=config) as limiter:
+            with (
+                Limiter(database, config=config) as holder,
+                Limiter(database, config=config) as behind,
+            ):
                 lease = holder.acquire("p/m")
                 first = asyncio.ensure_future(limiter.acquire_wait("p/m"))
                 while len(holder.waiters()) < 1:
@@ -443,33 +478,34 @@ def test_a_waiter_cancelled_just_as_a_release_granted_it_gives_the_lease_on(db: 
                 while len(holder.waiters()) < 2:
                     await asyncio.sleep(0.001)
                 lease.release()  # on the loop's thread: the first task cannot run meanwhile
-                granted = rows(db, "select holder, via from leases")
+                granted = rows(database, "select holder, via from leases")
                 first.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await first
                 thread.join(30)
                 assert granted == [(None, "queue")]  # the release granted the first waiter
                 assert second and second[0].via == "queue"
-                assert rows(db, "select token from leases") == [(second[0].token,)]
+                assert rows(database, "select token from leases") == [(second[0].token,)]
                 second[0].release()
 
     asyncio.run(main())
 
 
-def test_an_older_versions_ticket_is_woken_but_never_granted_by_a_release(db: Path) -> None:
+def test_an_older_versions_ticket_is_woken_but_never_granted_by_a_release(
+    database: Path | str,
+) -> None:
     """Tickets queued by a collet-limiter before migration 0004 carry no lease token: a release
     must leave them queued (their waiter claims for itself) and still keep their place."""
-    with Limiter(db, config=ONE) as limiter:
+    with Limiter(database, config=ONE) as limiter:
         lease = limiter.acquire("p/m")
-        with contextlib.closing(sqlite3.connect(db)) as conn:  # what an older version writes
-            conn.execute(
-                "insert into waiters (token, provider, model, holder, pid, pid_start, host_id, "
-                "hostname, owner, enqueued_at, expires_at, enqueued_ts, expires_ts, wake_addr) "
-                "values ('old', 'p', 'm', 'older', 1, 0, 'x', 'h', 'o', '', '', 0, 1e12, null)"
-            )
-            conn.commit()
+        execute(  # what an older version writes
+            database,
+            "insert into waiters (token, provider, model, holder, pid, pid_start, host_id, "
+            "hostname, owner, enqueued_at, expires_at, enqueued_ts, expires_ts, wake_addr) "
+            "values ('old', 'p', 'm', 'older', 1, 0, 'x', 'h', 'o', '', '', 0, 1e12, null)",
+        )
         lease.release()
-        assert rows(db, "select count(*) from leases") == [(0,)]
-        assert rows(db, "select holder from waiters") == [("older",)]
+        assert rows(database, "select count(*) from leases") == [(0,)]
+        assert rows(database, "select holder from waiters") == [("older",)]
         with pytest.raises(AcquireTimeout):  # the older waiter keeps its place
             limiter.acquire_wait("p/m", timeout=0)
