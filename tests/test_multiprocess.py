@@ -28,6 +28,7 @@ from .namespaces import (
     start_worker,
 )
 from .observer import observe, observe_files, parse
+from .sql import execute, rows
 
 if TYPE_CHECKING:
     import subprocess
@@ -97,6 +98,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def table(db: Path, query: str) -> list[tuple[object, ...]]:
+    """Rows of a SQLite file (for the test about creating one); the rest use ``sql.rows``."""
     with sqlite3.connect(db) as conn:
         return conn.execute(query).fetchall()
 
@@ -110,7 +112,7 @@ def test_the_observer_catches_overlapping_holders() -> None:
 
 def run_churn(
     spawn: Callable[..., subprocess.Popen[str]],
-    db: Path,
+    database: Path | str,
     config: Path,
     tmp_path: Path,
     *,
@@ -123,7 +125,7 @@ def run_churn(
     children = []
     for index, path in enumerate(files):
         tasks = "3" if async_every and index % async_every == 0 else "0"
-        args = ["--db", str(db), "--config", str(config), "--events", str(path)]
+        args = ["--db", str(database), "--config", str(config), "--events", str(path)]
         args += ["--models", ",".join(LIMITS), "--count", str(count), "--seed", str(index)]
         children.append(spawn("churn", *args, "--hold-ms", "20", "--async-tasks", tasks))
     for child in children:
@@ -133,9 +135,12 @@ def run_churn(
 
 
 def test_sixteen_processes_never_exceed_a_limit_or_the_global_cap(
-    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path, tmp_path: Path
+    spawn: Callable[..., subprocess.Popen[str]],
+    database: Path | str,
+    config_file: Path,
+    tmp_path: Path,
 ) -> None:
-    files = run_churn(spawn, db, config_file, tmp_path, processes=16, count=40)
+    files = run_churn(spawn, database, config_file, tmp_path, processes=16, count=40)
     seen = observe_files(files)
     assert seen.enters == seen.exits == 16 * 40
     for key, limit in LIMITS.items():
@@ -143,21 +148,24 @@ def test_sixteen_processes_never_exceed_a_limit_or_the_global_cap(
     assert seen.peak_total <= 4
     assert seen.peak_total == 4, "the test should drive the global cap to its limit"
     assert seen.via["primary"] > 0 and seen.via["queue"] > 0
-    assert table(db, "select count(*) from leases") == [(0,)]
-    assert table(db, "select count(*) from waiters") == [(0,)]
+    assert rows(database, "select count(*) from leases") == [(0,)]
+    assert rows(database, "select count(*) from waiters") == [(0,)]
 
 
 def test_sync_and_async_processes_share_the_limits(
-    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path, tmp_path: Path
+    spawn: Callable[..., subprocess.Popen[str]],
+    database: Path | str,
+    config_file: Path,
+    tmp_path: Path,
 ) -> None:
-    files = run_churn(spawn, db, config_file, tmp_path, processes=8, count=30, async_every=2)
+    files = run_churn(spawn, database, config_file, tmp_path, processes=8, count=30, async_every=2)
     seen = observe_files(files)
     assert seen.enters == seen.exits == 8 * 30
     for key, limit in LIMITS.items():
         assert 1 <= seen.peak[key] <= limit, (key, seen.peak)
     assert seen.peak_total <= 4
-    assert table(db, "select count(*) from leases") == [(0,)]
-    assert table(db, "select count(*) from waiters") == [(0,)]
+    assert rows(database, "select count(*) from leases") == [(0,)]
+    assert rows(database, "select count(*) from waiters") == [(0,)]
 
 
 @pytest.mark.parametrize(
@@ -167,18 +175,20 @@ def test_sync_and_async_processes_share_the_limits(
 )
 def test_a_killed_holders_slot_goes_to_the_blocked_waiter(
     spawn: Callable[..., subprocess.Popen[str]],
-    db: Path,
+    database: Path | str,
     config_file: Path,
     poll: str,
     max_poll: str,
 ) -> None:
     """With 30 s polls, only the watch on the holder's process can explain a grant in seconds."""
-    holder = spawn("hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7")
+    holder = spawn(
+        "hold", "--db", str(database), "--config", str(config_file), "--model", "zai/glm-4.7"
+    )
     expect_line(holder, "HELD")
     waiter = spawn(
         "wait",
         "--db",
-        str(db),
+        str(database),
         "--config",
         str(config_file),
         "--model",
@@ -192,7 +202,7 @@ def test_a_killed_holders_slot_goes_to_the_blocked_waiter(
     )
     expect_line(waiter, "QUEUING")
     deadline = time.monotonic() + TIMEOUT
-    while table(db, "select count(*) from waiters") != [(1,)]:
+    while rows(database, "select count(*) from waiters") != [(1,)]:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     killed_at = time.monotonic_ns()
@@ -208,20 +218,22 @@ def test_a_killed_holders_slot_goes_to_the_blocked_waiter(
 
 
 def test_same_pid_with_another_start_time_counts_as_dead(
-    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+    spawn: Callable[..., subprocess.Popen[str]], database: Path | str, config_file: Path
 ) -> None:
-    holder = spawn("hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7")
+    holder = spawn(
+        "hold", "--db", str(database), "--config", str(config_file), "--model", "zai/glm-4.7"
+    )
     expect_line(holder, "HELD")
-    with Limiter(db, config=load_config(config_file)) as limiter:
+    with Limiter(database, config=load_config(config_file)) as limiter:
         # While its start time matches, the live holder keeps the slot: the claim (which reaps
         # what is provably dead before falling back) must go to the fallback.
         outcome = limiter.acquire_with_fallback("zai/glm-4.7")
         assert isinstance(outcome, Acquired), outcome
         assert (outcome.lease.key, outcome.lease.via) == (FLASH, "capability")
         outcome.lease.release()
-        assert table(db, "select holder, model from leases") == [("holder", "glm-4.7")]
-        with sqlite3.connect(db) as conn:  # the PID now "belongs" to a process started later
-            conn.execute("update leases set pid_start = pid_start + 1 where holder = 'holder'")
+        assert rows(database, "select holder, model from leases") == [("holder", "glm-4.7")]
+        # The PID now "belongs" to a process started later.
+        execute(database, "update leases set pid_start = pid_start + 1 where holder = 'holder'")
         lease = limiter.acquire_wait("zai/glm-4.7", timeout=10)
         assert lease.key == ModelKey("zai", "glm-4.7")
         assert holder.poll() is None, "the holder is alive: only its start time differs"
@@ -229,13 +241,13 @@ def test_same_pid_with_another_start_time_counts_as_dead(
 
 @needs_namespaces
 def test_a_holder_in_another_pid_namespace_is_reclaimed_only_by_expiry(
-    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+    spawn: Callable[..., subprocess.Popen[str]], database: Path | str, config_file: Path
 ) -> None:
     """A real second PID namespace (``unshare --pid``) is another host identity: its PIDs mean
     nothing here, so its dead holder's slot waits for the lease to expire, while a holder in
     this namespace is proven dead at once."""
-    hold = ["hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7"]
-    with Limiter(db, config=load_config(config_file), max_poll_interval=0.05) as limiter:
+    hold = ["hold", "--db", str(database), "--config", str(config_file), "--model", "zai/glm-4.7"]
+    with Limiter(database, config=load_config(config_file), max_poll_interval=0.05) as limiter:
         here = spawn(*hold, "--ttl", "60")
         expect_line(here, "HELD")
         (lease,) = limiter.leases()
@@ -263,16 +275,18 @@ def test_a_holder_in_another_pid_namespace_is_reclaimed_only_by_expiry(
 
 
 def test_waiters_in_other_processes_are_served_in_arrival_order(
-    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+    spawn: Callable[..., subprocess.Popen[str]], database: Path | str, config_file: Path
 ) -> None:
-    holder = spawn("hold", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7")
+    holder = spawn(
+        "hold", "--db", str(database), "--config", str(config_file), "--model", "zai/glm-4.7"
+    )
     expect_line(holder, "HELD")
     waiters = []
     for index in range(5):
         waiter = spawn(
             "wait",
             "--db",
-            str(db),
+            str(database),
             "--config",
             str(config_file),
             "--model",
@@ -286,11 +300,11 @@ def test_waiters_in_other_processes_are_served_in_arrival_order(
         )
         expect_line(waiter, "QUEUING")
         deadline = time.monotonic() + TIMEOUT
-        while table(db, "select count(*) from waiters") != [(index + 1,)]:
+        while rows(database, "select count(*) from waiters") != [(index + 1,)]:
             assert time.monotonic() < deadline
             time.sleep(0.005)
         waiters.append(waiter)
-    assert [row[0] for row in table(db, "select holder from waiters order by id")] == [
+    assert [row[0] for row in rows(database, "select holder from waiters order by id")] == [
         f"w{i}" for i in range(5)
     ]
     assert holder.stdin is not None
@@ -302,13 +316,13 @@ def test_waiters_in_other_processes_are_served_in_arrival_order(
 
 
 def test_a_killed_waiters_ticket_does_not_block_the_queue(
-    spawn: Callable[..., subprocess.Popen[str]], db: Path, config_file: Path
+    spawn: Callable[..., subprocess.Popen[str]], database: Path | str, config_file: Path
 ) -> None:
     config = load_config(config_file)
-    with Limiter(db, config=config) as limiter:
+    with Limiter(database, config=config) as limiter:
         held = limiter.acquire("zai/glm-4.7")
         waiter = spawn(
-            "wait", "--db", str(db), "--config", str(config_file), "--model", "zai/glm-4.7"
+            "wait", "--db", str(database), "--config", str(config_file), "--model", "zai/glm-4.7"
         )
         expect_line(waiter, "QUEUING")
         deadline = time.monotonic() + TIMEOUT
@@ -326,6 +340,7 @@ def test_a_killed_waiters_ticket_does_not_block_the_queue(
 def test_twenty_processes_opening_a_new_file_at_once_make_one_schema(
     spawn: Callable[..., subprocess.Popen[str]], tmp_path: Path
 ) -> None:
+    """About a new SQLite file (journal mode, file mode); test_postgres has the server's twin."""
     db, go = tmp_path / "fresh.db", tmp_path / "go"
     children = [spawn("open", "--db", str(db), "--go", str(go)) for _ in range(20)]
     for child in children:
@@ -346,7 +361,7 @@ def test_twenty_processes_opening_a_new_file_at_once_make_one_schema(
 )
 def test_sixteen_processes_giving_up_at_random_never_leak_nor_double_grant(
     spawn: Callable[..., subprocess.Popen[str]],
-    db: Path,
+    database: Path | str,
     config_file: Path,
     tmp_path: Path,
     count: int,
@@ -359,7 +374,7 @@ def test_sixteen_processes_giving_up_at_random_never_leak_nor_double_grant(
     files = [tmp_path / f"events-{index}.txt" for index in range(16)]
     children = []
     for index, path in enumerate(files):
-        args = ["--db", str(db), "--config", str(config_file), "--events", str(path)]
+        args = ["--db", str(database), "--config", str(config_file), "--events", str(path)]
         args += ["--model", "zai/glm-5", "--count", str(count), "--seed", str(index)]
         args += ["--hold-ms", "2", "--async-tasks", "2" if index % 2 else "0"]
         children.append(spawn("interrupted", *args))
@@ -371,5 +386,5 @@ def test_sixteen_processes_giving_up_at_random_never_leak_nor_double_grant(
     assert seen.enters == seen.exits == 16 * count - gave_up
     assert gave_up > 0 and seen.via["queue"] > 0, "the run should give up and queue"
     assert seen.peak["zai/glm-5"] == 2  # reached, never exceeded
-    assert table(db, "select count(*) from leases") == [(0,)]
-    assert table(db, "select count(*) from waiters") == [(0,)]
+    assert rows(database, "select count(*) from leases") == [(0,)]
+    assert rows(database, "select count(*) from waiters") == [(0,)]
