@@ -116,7 +116,7 @@ def resolve_target(db: str | os.PathLike[str]) -> Target:
                 path=_hide_password(text),
             ) from None
         if url.get_backend_name() == "postgresql":
-            return _postgres_target(url)
+            return _postgres_target(url, _hide_password(text))
         if url.get_backend_name() == "sqlite":
             if not url.database or url.database == ":memory:":
                 from ._errors import ConfigError
@@ -140,13 +140,14 @@ def resolve_target(db: str | os.PathLike[str]) -> Target:
 
 
 def _hide_password(text: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
+    """A URL as the user wrote it, with the password (in the authority or the query) hidden."""
+    text = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", text)
 
 
-def _postgres_target(url: URL) -> Target:
+def _postgres_target(url: URL, shown: str) -> Target:
     from ._errors import ConfigError
 
-    shown = url.render_as_string(hide_password=True)
     if url.drivername not in ("postgresql", "postgresql+psycopg", "postgres"):
         # postgresql:// alone means psycopg 3 here (SQLAlchemy's default would be psycopg2).
         raise ConfigError(
