@@ -3,6 +3,7 @@
     python benchmarks/bench.py            # the full run (under 10 minutes on 2 cores)
     python benchmarks/bench.py --quick    # under 2 minutes: shorter, 16 processes x 1 ms only
     python benchmarks/bench.py --only "collet-limiter (sync)" --only "sqlite3, 5 ms poll"
+    python benchmarks/bench.py --backends postgresql   # collet-limiter on PostgreSQL only
 
 Workloads (limit 3 unless said), each on fresh shared state, every worker a separate process:
 
@@ -13,7 +14,15 @@ Workloads (limit 3 unless said), each on fresh shared state, every worker a sepa
   their CPU time over a window, from /proc, as a share of one core;
 - contention: 2, 4 and 16 processes loop acquire, hold (0 or 1 ms), release; throughput, share
   of the ideal rate (limit / mean hold), Jain fairness over per-process counts, acquire p99, and
-  an over-admission check by an observer that merges every process's own enter/exit records.
+  an over-admission check by an observer that merges every process's own enter/exit records;
+- on PostgreSQL, the handoff again with polling only: both processes' LISTEN connections made
+  impossible (``mechanisms.refuse_listen``), at the default poll interval and at 5 ms.
+
+collet-limiter runs on a SQLite file (the rows without a backend in their name) and on a
+PostgreSQL server this script starts in a temporary directory and stops at the end (``initdb``
+and ``pg_ctl`` as in the tests: ``tests/pgserver.py``), reached over its Unix socket, with the
+server's default durability (fsync and synchronous_commit on), and as a role whose
+synchronous_commit is off. ``--backends`` picks among sqlite, postgresql and peers.
 
 The peers' client libraries are the project's ``bench`` extra (``pip install -e '.[bench]'``);
 a peer whose library is missing is skipped. Redis runs as a ``redis-server`` this script starts
@@ -42,10 +51,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mechanisms import MECHANISMS, NEEDS, cleanup, prepare
+from mechanisms import (
+    LAZY_COMMIT_ROLE,
+    MECHANISMS,
+    NEEDS,
+    POSTGRES,
+    POSTGRES_PEERS,
+    ColletAsync,
+    ColletSync,
+    backend,
+    cleanup,
+    prepare,
+    refuse_listen,
+)
 
 TICK = os.sysconf("SC_CLK_TCK")
 LIMIT = 3  # every workload but the handoff (limit 1)
+BACKENDS = ("sqlite", "postgresql", "peers")
+FAST_POLL = 0.005  # s: the polling-only handoff's second poll interval, the peers' 5 ms
 
 
 # --- worker side ---------------------------------------------------------------------------------
@@ -54,6 +77,8 @@ LIMIT = 3  # every workload but the handoff (limit 1)
 def worker(args: argparse.Namespace) -> None:
     params = json.loads(args.params)
     mechanism = MECHANISMS[args.mech]
+    if params.get("listen") is False:
+        refuse_listen()
     go = Path(args.go) if args.go else None
     if args.role == "idle":
         idle_worker(args, params)
@@ -123,7 +148,8 @@ def handoff_worker(slot: Any) -> None:
 
 def idle_worker(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Block ``threads`` waiters in acquire until killed; say "ready" once they all wait."""
-    if args.mech == "collet-limiter (async)":
+    face = MECHANISMS[args.mech]
+    if face is ColletAsync:
         import asyncio
 
         from collet_limiter import AsyncLimiter, Config
@@ -145,15 +171,15 @@ def idle_worker(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
         asyncio.run(main())
         return
-    if args.mech == "collet-limiter (sync)":
-        shared = MECHANISMS[args.mech](params)
+    if face is ColletSync:
+        shared = face(params)
         slots = [shared] * args.threads
     else:
         slots = [MECHANISMS[args.mech](params) for _ in range(args.threads)]
     threads = [threading.Thread(target=slot.acquire, daemon=True) for slot in slots]
     for thread in threads:
         thread.start()
-    if args.mech == "collet-limiter (sync)":
+    if face is ColletSync:
         while len(shared.limiter.waiters()) < args.threads * args.processes:
             time.sleep(0.05)
     else:
@@ -167,8 +193,8 @@ def idle_worker(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 class Runner:
-    def __init__(self, workdir: Path, redis_port: int | None) -> None:
-        self.workdir, self.redis_port = workdir, redis_port
+    def __init__(self, workdir: Path, redis_port: int | None, pg: Any = None) -> None:
+        self.workdir, self.redis_port, self.pg = workdir, redis_port, pg
 
     def spawn(
         self, mech: str, params: dict[str, Any], role: str, *extra: str
@@ -187,17 +213,20 @@ class Runner:
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def fresh(self, mech: str, limit: int = LIMIT) -> dict[str, Any]:
-        return prepare(mech, self.workdir, limit, self.redis_port)
+        return prepare(mech, self.workdir, limit, self.redis_port, self.pg)
 
     def uncontended(self, mech: str, seconds: float) -> float:
         params = self.fresh(mech)
         child = self.spawn(mech, params, "cycles", "--seconds", str(seconds))
         out, _ = child.communicate(timeout=seconds + 120)
-        cleanup(mech, params)
+        cleanup(mech, params, self.pg)
         return float(json.loads(out.splitlines()[-1])["rate"])
 
-    def handoff(self, mech: str, rounds: int) -> tuple[float, float]:
+    def handoff(self, mech: str, rounds: int, **overrides: Any) -> tuple[float, float]:
+        """p50 and p99 of the handoff; ``overrides`` go to the workers' params (``listen``:
+        False refuses the LISTEN connection, ``poll_interval``: the limiter's, in seconds)."""
         params = self.fresh(mech, limit=1)
+        params.update(overrides)
         holder, waiter = self.spawn(mech, params, "handoff"), self.spawn(mech, params, "handoff")
         samples = []
         try:
@@ -223,7 +252,7 @@ class Runner:
                 if child.poll() is None:
                     child.kill()
                     child.wait()
-            cleanup(mech, params)
+            cleanup(mech, params, self.pg)
         samples.sort()
         return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
 
@@ -251,7 +280,7 @@ class Runner:
             for child in [*waiters, *holders]:
                 child.kill()
                 child.wait()
-            cleanup(mech, params)
+            cleanup(mech, params, self.pg)
         return (after - before) / seconds
 
     def contention(
@@ -289,7 +318,7 @@ class Runner:
                 if child.poll() is None:
                     child.kill()
                     child.wait()
-            cleanup(mech, params)
+            cleanup(mech, params, self.pg)
         counts = [r["count"] for r in results]
         total = sum(counts)
         hold = statistics.fmean(r["hold_mean"] for r in results) if hold_ms else 0.0
@@ -378,6 +407,30 @@ def redis_server(workdir: Path) -> Any:
         server.wait(10)
 
 
+@contextlib.contextmanager
+def postgres_server() -> Any:
+    """A started PostgreSQL server with default durability and the lazy-commit role, stopped
+    on the way out whatever happens; None when PostgreSQL is not installed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.pgserver import PgServer, find_bin
+
+    if find_bin() is None:
+        yield None
+        return
+    # Not in the benchmark's own temporary directory: as root, the server runs as the postgres
+    # user, who could not enter it. /tmp is a disk here, so fsync costs what it costs.
+    server = PgServer(durable=True)
+    try:
+        server.start()
+        server.psql(
+            f"CREATE ROLE {LAZY_COMMIT_ROLE} LOGIN SUPERUSER; "
+            f"ALTER ROLE {LAZY_COMMIT_ROLE} SET synchronous_commit = off;"
+        )
+        yield server
+    finally:
+        server.stop()
+
+
 def fmt(value: float, unit: str = "") -> str:
     if math.isnan(value):
         return "n/a"
@@ -394,6 +447,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs (under 2 minutes)")
     parser.add_argument("--only", action="append", help="run only these mechanisms")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated, among sqlite (collet-limiter on a file), postgresql "
+        "(collet-limiter on a server this script starts) and peers; default: all",
+    )
     parser.add_argument("--worker")
     parser.add_argument("--mech")
     parser.add_argument("--params")
@@ -408,17 +467,38 @@ def main() -> None:
         args.role = args.worker
         worker(args)
         return
-    quick = args.quick
+    backends = {b.strip() for b in args.backends.split(",") if b.strip()}
+    if backends - set(BACKENDS):
+        parser.error(f"--backends: unknown {', '.join(sorted(backends - set(BACKENDS)))}")
+    unknown = [n for n in args.only or [] if n not in MECHANISMS]
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(unknown)}; known: {', '.join(MECHANISMS)}")
+    names = [n for n in args.only or list(MECHANISMS) if backend(n) in backends]
+    # SIGTERM ends the run like Ctrl-C: the servers' finally blocks stop them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rows = run(names, args.quick)
+    print_table(rows, args.quick)
+    over = [name for name, row in rows.items() if peak_holders(row) > LIMIT]
+    if over:
+        print(f"\nOVER-ADMISSION: more than {LIMIT} holders at once: {', '.join(over)}")
+        sys.exit(1)
+
+
+def run(names: list[str], quick: bool) -> dict[str, dict[Any, Any]]:
+    """Every workload for each mechanism in ``names``; starts and stops the servers needed."""
     seconds = 1.0 if quick else 4.0
     rounds = 40 if quick else 200
-    names = args.only or list(MECHANISMS)
-    with (
-        tempfile.TemporaryDirectory(prefix="collet-bench-") as tmp,
-        redis_server(Path(tmp)) as port,
-    ):
-        runner = Runner(Path(tmp), port)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="collet-bench-"))
+        port = stack.enter_context(redis_server(Path(tmp))) if "Redis BLPOP" in names else None
         if port is None:
             names = [n for n in names if n != "Redis BLPOP"]
+        on_pg = [n for n in names if backend(n) == "postgresql"]
+        pg = stack.enter_context(postgres_server()) if on_pg else None
+        if pg is None and on_pg:
+            print("# PostgreSQL: skipped, initdb was not found", file=sys.stderr)
+            names = [n for n in names if n not in on_pg]
+        runner = Runner(Path(tmp), port, pg)
         for name, module in NEEDS.items():
             if name in names and importlib.util.find_spec(module) is None:
                 print(
@@ -431,17 +511,20 @@ def main() -> None:
             started = time.monotonic()
             row: dict[str, Any] = {"uncontended": runner.uncontended(name, seconds)}
             row["handoff"] = runner.handoff(name, rounds)
+            if name in POSTGRES:
+                # Each polled handoff waits half a poll interval on average: fewer rounds.
+                polled = rounds // 2
+                row["handoff_poll"] = runner.handoff(name, polled, listen=False)
+                row["handoff_poll_fast"] = runner.handoff(
+                    name, polled, listen=False, poll_interval=FAST_POLL
+                )
             row["idle8"] = runner.idle_cpu(name, 8, 1, seconds)
             row["idle200"] = runner.idle_cpu(name, 8, 25, seconds)
             for processes, hold in contention_runs(quick):
                 row[(processes, hold)] = runner.contention(name, processes, hold, seconds)
             rows[name] = row
             print(f"# {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    print_table(rows, quick)
-    over = [name for name, row in rows.items() if peak_holders(row) > LIMIT]
-    if over:
-        print(f"\nOVER-ADMISSION: more than {LIMIT} holders at once: {', '.join(over)}")
-        sys.exit(1)
+    return rows
 
 
 def peak_holders(row: dict[Any, Any]) -> int:
@@ -478,25 +561,104 @@ def print_table(rows: dict[str, dict[Any, Any]], quick: bool) -> None:
         cells = [fmt(v["rate"]) for k, v in row.items() if isinstance(k, tuple)]
         print(f"| {name} | " + " | ".join(cells) + " |")
     reference = {name: row for name, row in rows.items() if name.startswith("collet-limiter")}
-    if reference and len(rows) > len(reference):
+    ours = rows.get("collet-limiter (sync)")
+    if ours and len(rows) > len(reference):
         print()
         print(
             "Ratios, collet-limiter (sync) / peer (above 1 is more: better for cycles and share, "
             "worse for times and CPU):"
         )
-        ours = rows.get("collet-limiter (sync)")
-        if ours:
-            for name, row in rows.items():
-                if not name.startswith("collet-limiter"):
-                    figures = [
-                        ("uncontended cycles", ours["uncontended"], row["uncontended"]),
-                        ("handoff p50", ours["handoff"][0], row["handoff"][0]),
-                        ("handoff p99", ours["handoff"][1], row["handoff"][1]),
-                        ("CPU of 8 idle waiters", ours["idle8"], row["idle8"]),
-                        ("16-process share", ours[(16, 1)]["share"], row[(16, 1)]["share"]),
-                        ("acquire p99", ours[(16, 1)]["p99"], row[(16, 1)]["p99"]),
-                    ]
-                    print(f"- vs {name}: " + ", ".join(ratio(*f) for f in figures))
+        for name, row in rows.items():
+            if not name.startswith("collet-limiter"):
+                figures = [
+                    ("uncontended cycles", ours["uncontended"], row["uncontended"]),
+                    ("handoff p50", ours["handoff"][0], row["handoff"][0]),
+                    ("handoff p99", ours["handoff"][1], row["handoff"][1]),
+                    ("CPU of 8 idle waiters", ours["idle8"], row["idle8"]),
+                    ("16-process share", ours[(16, 1)]["share"], row[(16, 1)]["share"]),
+                    ("acquire p99", ours[(16, 1)]["p99"], row[(16, 1)]["p99"]),
+                ]
+                print(f"- vs {name}: " + ", ".join(ratio(*f) for f in figures))
+    print_postgres(rows)
+
+
+def print_postgres(rows: dict[str, dict[Any, Any]]) -> None:
+    """The PostgreSQL rows' polled handoffs, their ratios to SQLite, and the issue's goals."""
+    ours = {name: row for name, row in rows.items() if name in POSTGRES}
+    if not ours:
+        return
+    from collet_limiter import Config
+
+    default_poll = Config().limiter.poll_interval_ms
+    print()
+    print(
+        "| mechanism | handoff p50 / p99 ms, LISTEN/NOTIFY | polling only, "
+        f"{default_poll:.0f} ms poll interval (default) | polling only, "
+        f"{FAST_POLL * 1e3:.0f} ms poll interval |"
+    )
+    print("|---|---:|---:|---:|")
+    for name, row in ours.items():
+        cells = [
+            f"{fmt(row[key][0], 'ms')} / {fmt(row[key][1], 'ms')}"
+            for key in ("handoff", "handoff_poll", "handoff_poll_fast")
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = [
+        (name, sqlite) for name in ours if (sqlite := name.split(", PostgreSQL")[0] + ")") in rows
+    ]
+    if pairs:
+        print()
+        print("Ratios, PostgreSQL / SQLite, same face, same run (above 1 is more):")
+        for name, sqlite in pairs:
+            pg, lite = rows[name], rows[sqlite]
+            figures = [
+                ("uncontended cycles", pg["uncontended"], lite["uncontended"]),
+                ("handoff p50", pg["handoff"][0], lite["handoff"][0]),
+                ("handoff p99", pg["handoff"][1], lite["handoff"][1]),
+                ("CPU of 8 idle waiters", pg["idle8"], lite["idle8"]),
+                ("16-process share", pg[(16, 1)]["share"], lite[(16, 1)]["share"]),
+                ("acquire p99", pg[(16, 1)]["p99"], lite[(16, 1)]["p99"]),
+            ]
+            if (16, 0) in pg and (16, 0) in lite:
+                figures.append(("16 procs 0 ms cycles", pg[(16, 0)]["rate"], lite[(16, 0)]["rate"]))
+            print(f"- {name} / {sqlite}: " + ", ".join(ratio(*f) for f in figures))
+    for peer in (p for p in POSTGRES_PEERS if p in rows):
+        print()
+        print(f"Ratios, collet-limiter on PostgreSQL / {peer}, same run (above 1 is more):")
+        theirs = rows[peer]
+        for name, pg in ours.items():
+            figures = [
+                ("uncontended cycles", pg["uncontended"], theirs["uncontended"]),
+                ("handoff p50", pg["handoff"][0], theirs["handoff"][0]),
+                ("handoff p99", pg["handoff"][1], theirs["handoff"][1]),
+                ("16-process share", pg[(16, 1)]["share"], theirs[(16, 1)]["share"]),
+                ("acquire p99", pg[(16, 1)]["p99"], theirs[(16, 1)]["p99"]),
+            ]
+            print(f"- {name}: " + ", ".join(ratio(*f) for f in figures))
+    print()
+    print(
+        "Goals on PostgreSQL: handoff p50 <= 2 ms across two processes with LISTEN/NOTIFY, "
+        "uncontended >= 1,000 cycles/s, 16 processes with 1 ms hold >= 70 % of the ceiling:"
+    )
+    for name, row in ours.items():
+        goals = [
+            goal("handoff p50", row["handoff"][0] * 1e3, 2.0, "ms", lower_is_better=True),
+            goal("uncontended", row["uncontended"], 1000.0, "cycles/s"),
+            goal("16 procs, 1 ms", row[(16, 1)]["share"] * 100, 70.0, "%"),
+        ]
+        print(f"- {name}: " + "; ".join(goals))
+
+
+def goal(
+    label: str, value: float, target: float, unit: str, *, lower_is_better: bool = False
+) -> str:
+    """``label value unit (goal target: met | N.NNx off)``; no assert, a figure to read."""
+    met = value <= target if lower_is_better else value >= target
+    distance = value / target if lower_is_better else target / value if value else math.inf
+    verdict = "met" if met else f"{distance:.2f}x off"
+    bound = "<=" if lower_is_better else ">="
+    shown = f"{value:,.2f}" if unit == "ms" else f"{value:,.1f}" if unit == "%" else f"{value:,.0f}"
+    return f"{label} {shown} {unit} (goal {bound} {target:,.0f}: {verdict})"
 
 
 def ratio(label: str, ours: float, theirs: float) -> str:

@@ -1,10 +1,13 @@
 """The mechanisms the benchmark compares: collet-limiter (sync, async) and its peers.
 
 Each is a blocking counting semaphore of ``limit`` slots shared by processes: ``acquire()``
-blocks until a slot is held, ``release()`` gives it back. The peers are what a user would
-otherwise pick: a kernel POSIX named semaphore (the physical floor), the stdlib sqlite3 with a
-lease table and a 5 ms poll, portalocker's file-lock BoundedSemaphore with a 5 ms poll, and a
-Redis token list with BLPOP (server push).
+blocks until a slot is held, ``release()`` gives it back. collet-limiter runs on a SQLite file
+and on PostgreSQL (a server the benchmark starts, over its Unix socket; once with the server's
+default durability, once as a role whose ``synchronous_commit`` is off). The peers are what a
+user would otherwise pick: a kernel POSIX named semaphore (the physical floor), the stdlib
+sqlite3 with a lease table and a 5 ms poll, portalocker's file-lock BoundedSemaphore with a 5 ms
+poll, a Redis token list with BLPOP (server push), and the sqlite3 peer's design on PostgreSQL
+with bare psycopg (the floor for a lease table on that server).
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 POLL = 0.005  # the peers' poll interval, as in the issue's table
+
+# The PostgreSQL role whose commits do not wait for the WAL flush (ALTER ROLE ... SET
+# synchronous_commit = off); the superuser ``postgres`` keeps the server's default (on).
+LAZY_COMMIT_ROLE = "bench_lazy_commit"
 
 
 class Slot(Protocol):
@@ -40,7 +47,9 @@ class ColletSync:
                 "models": [{"name": "m", "concurrency_limit": params["limit"]}],
             }
         )
-        self.limiter = Limiter(params["db"], config=config)
+        self.limiter = Limiter(
+            params["db"], config=config, poll_interval=params.get("poll_interval")
+        )
         self.lease: Any = None
 
     def acquire(self) -> None:
@@ -66,7 +75,9 @@ class ColletAsync:
             }
         )
         self.loop = asyncio.new_event_loop()
-        self.limiter = AsyncLimiter(params["db"], config=config)
+        self.limiter = AsyncLimiter(
+            params["db"], config=config, poll_interval=params.get("poll_interval")
+        )
         self.loop.run_until_complete(self.limiter.open())
         self.lease: Any = None
 
@@ -122,6 +133,39 @@ class Sqlite3Poll:
 
     def release(self) -> None:
         self.conn.execute("DELETE FROM peer_leases WHERE id = ?", (self.lease_id,))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PsycopgPoll:
+    """Bare psycopg 3 on PostgreSQL: the sqlite3 peer's lease table, an advisory lock in place
+    of BEGIN IMMEDIATE, polling every 5 ms; four round trips to claim, one to release."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        import psycopg
+
+        self.limit = params["limit"]
+        self.conn = psycopg.connect(**params["pg"], autocommit=True)
+        self.lease_id: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            self.conn.execute("BEGIN")
+            self.conn.execute("SELECT pg_advisory_xact_lock(7)")
+            held = self.conn.execute("SELECT count(*) FROM peer_leases").fetchone()
+            if held is not None and held[0] < self.limit:
+                row = self.conn.execute(
+                    "INSERT INTO peer_leases (pid) VALUES (%s) RETURNING id", (os.getpid(),)
+                ).fetchone()
+                self.conn.execute("COMMIT")
+                self.lease_id = row[0] if row else None
+                return
+            self.conn.execute("COMMIT")
+            time.sleep(POLL)
+
+    def release(self) -> None:
+        self.conn.execute("DELETE FROM peer_leases WHERE id = %s", (self.lease_id,))
 
     def close(self) -> None:
         self.conn.close()
@@ -191,14 +235,55 @@ class RedisTokens:
         self.client.close()
 
 
+def refuse_listen() -> None:
+    """Make this process's PostgreSQL LISTEN connection impossible: its waiters then poll.
+
+    collet-limiter has no public switch for this. A limiter whose LISTEN connection cannot be
+    opened (the server refuses it, the network is down) falls back, as documented in
+    ``collet_limiter._pglisten`` and ``_watcher.Watcher._changed``, to looking at the queue
+    every ``poll_interval`` and to retrying the connection; failing ``PgListener.connect``
+    here reproduces exactly that state, and touches nothing else of the library. Call it in a
+    worker process only, before its limiter opens.
+    """
+    from collet_limiter import _pglisten
+
+    def connect(_self: Any) -> bool:
+        return False
+
+    _pglisten.PgListener.connect = connect  # type: ignore[method-assign]
+
+
 MECHANISMS: dict[str, type[Any]] = {
     "collet-limiter (sync)": ColletSync,
     "collet-limiter (async)": ColletAsync,
+    "collet-limiter (sync, PostgreSQL)": ColletSync,
+    "collet-limiter (async, PostgreSQL)": ColletAsync,
+    "collet-limiter (sync, PostgreSQL, synchronous_commit=off)": ColletSync,
     "sqlite3, 5 ms poll": Sqlite3Poll,
     "portalocker, 5 ms poll": Portalocker,
     "POSIX semaphore": PosixSemaphore,
     "Redis BLPOP": RedisTokens,
+    "psycopg, 5 ms poll (PostgreSQL)": PsycopgPoll,
 }
+
+
+# The collet-limiter mechanisms on PostgreSQL, and the role each connects as.
+POSTGRES: dict[str, str] = {
+    "collet-limiter (sync, PostgreSQL)": "postgres",
+    "collet-limiter (async, PostgreSQL)": "postgres",
+    "collet-limiter (sync, PostgreSQL, synchronous_commit=off)": LAZY_COMMIT_ROLE,
+}
+
+
+# The peers on PostgreSQL: they run with collet-limiter's PostgreSQL rows.
+POSTGRES_PEERS: Final = ("psycopg, 5 ms poll (PostgreSQL)",)
+
+
+def backend(name: str) -> str:
+    """Which ``--backends`` choice a mechanism belongs to: sqlite, postgresql or peers."""
+    if name in POSTGRES or name in POSTGRES_PEERS:
+        return "postgresql"
+    return "sqlite" if name.startswith("collet-limiter") else "peers"
 
 
 # The peers' client libraries (the `bench` extra); a mechanism whose library is missing is skipped.
@@ -209,8 +294,14 @@ NEEDS: dict[str, str] = {
 }
 
 
-def prepare(name: str, workdir: Path, limit: int, redis_port: int | None) -> dict[str, Any]:
-    """Fresh shared state for one mechanism and one workload; returns the workers' params."""
+def prepare(
+    name: str, workdir: Path, limit: int, redis_port: int | None, pg: Any = None
+) -> dict[str, Any]:
+    """Fresh shared state for one mechanism and one workload; returns the workers' params.
+
+    ``pg``: the started ``tests.pgserver.PgServer`` (for the PostgreSQL mechanisms), on which
+    each workload gets a schema (limiter group) of its own.
+    """
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     params: dict[str, Any] = {
         "limit": limit,
@@ -220,6 +311,25 @@ def prepare(name: str, workdir: Path, limit: int, redis_port: int | None) -> dic
         "redis_port": redis_port,
     }
     Path(params["dir"]).mkdir()
+    if backend(name) == "postgresql":
+        params["schema"] = schema = f"bench_{tag.replace('-', '_')}"
+        role = POSTGRES.get(name, "postgres")
+        params["db"] = (
+            f"postgresql+psycopg://{role}@/postgres"
+            f"?host={pg.sockets}&port={pg.port}&schema={schema}"
+        )
+        params["pg"] = {
+            "host": str(pg.sockets),
+            "port": pg.port,
+            "user": role,
+            "dbname": "postgres",
+            "options": f"-c search_path={schema}",
+        }
+    if name in POSTGRES_PEERS:
+        pg.psql(
+            f"CREATE SCHEMA {params['schema']}; "
+            f"CREATE TABLE {params['schema']}.peer_leases (id BIGSERIAL PRIMARY KEY, pid INTEGER)"
+        )
     if name == "POSIX semaphore":
         import posix_ipc
 
@@ -236,9 +346,11 @@ def prepare(name: str, workdir: Path, limit: int, redis_port: int | None) -> dic
     return params
 
 
-def cleanup(name: str, params: dict[str, Any]) -> None:
-    """Remove what ``prepare`` created that outlives the process (the named semaphore)."""
-    if name == "POSIX semaphore":
+def cleanup(name: str, params: dict[str, Any], pg: Any = None) -> None:
+    """Remove what ``prepare`` created that outlives the process (a semaphore, a schema)."""
+    if backend(name) == "postgresql":
+        pg.psql(f"DROP SCHEMA IF EXISTS {params['schema']} CASCADE")
+    elif name == "POSIX semaphore":
         import posix_ipc
 
         with contextlib.suppress(posix_ipc.ExistentialError):

@@ -44,7 +44,11 @@ def _free_port() -> int:
 class PgServer:
     """One server: ``start()``, the URLs, ``restart()``, ``stop()``."""
 
-    def __init__(self, root: Path | None = None, *, bindir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path | None = None, *, bindir: Path | None = None, durable: bool = False
+    ) -> None:
+        """``durable``: keep PostgreSQL's default fsync, full_page_writes and synchronous_commit
+        (for the benchmarks); by default they are off, which costs a test nothing."""
         found = bindir or find_bin()
         if found is None:
             raise FileNotFoundError(
@@ -57,6 +61,7 @@ class PgServer:
         self.port = _free_port()
         self.started = False
         self._as_postgres = os.geteuid() == 0
+        self.durable = durable
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -85,11 +90,10 @@ class PgServer:
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.sockets}'\n"
                 "max_connections = 300\n"
-                # A throwaway server: durability buys nothing here and costs CI time.
-                "fsync = off\n"
-                "full_page_writes = off\n"
-                "synchronous_commit = off\n"
             )
+            if not self.durable:
+                # A throwaway server: durability buys nothing here and costs CI time.
+                conf.write("fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n")
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n"
