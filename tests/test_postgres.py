@@ -9,9 +9,11 @@ middle of the work, an unreachable server, and a password in the URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
 import textwrap
 import threading
 import time
@@ -457,3 +459,99 @@ def test_a_started_server_is_listened_to(group: str) -> None:
         thread.join(30)
         assert not thread.is_alive()
         held[1].release()
+
+
+class CuttableProxy:
+    """A TCP proxy on loopback to the server that the test can cut off and restore: the holder
+    behind it loses the server while everyone else keeps it."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.links: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            with self.lock:
+                self.links += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def cut(self) -> None:
+        """Drop every link and refuse new ones."""
+        self.up.clear()
+        with self.lock:
+            links, self.links = self.links, []
+        for link in links:
+            with contextlib.suppress(OSError):
+                link.shutdown(socket.SHUT_RDWR)
+            link.close()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_holder_cut_off_from_the_server_longer_than_the_ttl_is_told_its_lease_was_lost(
+    pg_server: PgServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    schema = f"cut_{os.getpid()}_{time.monotonic_ns()}"
+    direct = pg_server.url(schema)
+    proxy = CuttableProxy(pg_server.port)
+    behind = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/postgres?schema={schema}"
+    config = make_config(**ONE_MODEL, limiter={"busy_timeout_ms": 300})
+    caplog.set_level(logging.WARNING, logger="collet_limiter")
+    try:
+        with (
+            Limiter(behind, config=config, lease_ttl=1.0) as holder,
+            Limiter(direct, config=config, lease_ttl=1.0) as other,
+        ):
+            leases = [holder.acquire(KEY, holder="cut"), holder.acquire(KEY, holder="cut")]
+            proxy.cut()
+            # The other host gets a slot once the holder's leases expire unrenewed ...
+            taken = other.acquire_wait(KEY, timeout=30)
+            assert taken.via == "queue"
+            # ... and reclaims the second once that one has expired too.
+            deadline = time.monotonic() + 30
+            while rows(direct, "SELECT count(*) FROM leases WHERE holder = 'cut'") != [(0,)]:
+                assert time.monotonic() < deadline, "the cut-off holder's leases never expired"
+                other.reap()
+                time.sleep(0.05)
+            proxy.restore()
+            deadline = time.monotonic() + 30
+            while not all(lease.lost for lease in leases):
+                assert time.monotonic() < deadline, "the holder was never told"
+                time.sleep(0.02)
+            assert any("was lost" in r.getMessage() for r in caplog.records)
+            for lease in leases:
+                lease.release()  # nothing left to give back, and no error
+            assert [lease.holder for lease in other.leases()] == [None]
+            taken.release()
+    finally:
+        proxy.close()
