@@ -439,22 +439,26 @@ def test_a_postgresql_url_with_another_driver_is_refused_with_the_fix() -> None:
         Limiter("postgresql+asyncpg://u@h/db", config=Config())
 
 
-def test_a_started_server_is_listened_to(group: str) -> None:
+def wait_until_listening(group: str) -> None:
+    """Until the one queued waiter's channel (its ticket's wake address) is being listened on."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = rows(group, "SELECT wake_addr FROM waiters")
+        listening = rows(group, "SELECT query FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+        if found and any(str(found[0][0]) in str(q) for (q,) in listening):
+            return
+        time.sleep(0.005)
+    pytest.fail("the waiter's channel was never listened on")
+
+
+def test_a_waiters_channel_is_listened_on(group: str) -> None:
     """A waiter's ticket carries its limiter's LISTEN channel, and the channel is listened on."""
     config = make_config(**ONE_MODEL)
     with Limiter(group, config=config) as holder, Limiter(group, config=config) as waiting:
         held = [holder.acquire(KEY), holder.acquire(KEY)]
         thread = threading.Thread(target=lambda: waiting.acquire_wait(KEY, timeout=30).release())
         thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            found = rows(group, "SELECT wake_addr FROM waiters")
-            listening = rows(group, "SELECT query FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
-            if found and any(str(found[0][0]) in str(q) for (q,) in listening):
-                break
-            time.sleep(0.005)
-        else:
-            pytest.fail("the waiter's channel was never listened on")
+        wait_until_listening(group)
         held[0].release()
         thread.join(30)
         assert not thread.is_alive()
@@ -555,3 +559,38 @@ def test_a_holder_cut_off_from_the_server_longer_than_the_ttl_is_told_its_lease_
             taken.release()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_release_wakes_the_waiter_by_notify_alone(group: str, api: str) -> None:
+    """With every poll 30 s apart, only the NOTIFY sent by the releasing transaction can hand
+    the slot over within seconds."""
+    config = make_config(**ONE_MODEL)
+    slow = {"poll_interval": 30.0, "max_poll_interval": 30.0}
+    with Limiter(group, config=config) as holder:
+        held = [holder.acquire(KEY), holder.acquire(KEY)]
+        got: list[float] = []
+
+        def wait_sync() -> None:
+            with Limiter(group, config=config, **slow) as waiting:
+                lease = waiting.acquire_wait(KEY, timeout=60)
+                got.append(time.monotonic())
+                lease.release()
+
+        async def wait_async() -> None:
+            async with AsyncLimiter(group, config=config, **slow) as waiting:
+                lease = await waiting.acquire_wait(KEY, timeout=60)
+                got.append(time.monotonic())
+                await lease.release()
+
+        thread = threading.Thread(
+            target=wait_sync if api == "sync" else lambda: asyncio.run(wait_async())
+        )
+        thread.start()
+        wait_until_listening(group)
+        released = time.monotonic()
+        held[0].release()
+        thread.join(60)
+        assert got, "the waiter was not served"
+        assert got[0] - released < 5, f"served {got[0] - released:.1f} s after the release"
+        held[1].release()
