@@ -594,3 +594,35 @@ def test_a_release_wakes_the_waiter_by_notify_alone(group: str, api: str) -> Non
         assert got, "the waiter was not served"
         assert got[0] - released < 5, f"served {got[0] - released:.1f} s after the release"
         held[1].release()
+
+
+def test_a_forked_child_leaves_its_parents_listen_connection_alone(group: str) -> None:
+    """A child forked while its parent waits drops the parent's connections without closing
+    them (closing would tell the server to end the parent's LISTEN session): the parent's
+    waiter is still woken by NOTIFY alone."""
+    config = make_config(**ONE_MODEL)
+    slow = {"poll_interval": 30.0, "max_poll_interval": 30.0}
+    with Limiter(group, config=config) as holder, Limiter(group, config=config, **slow) as waiting:
+        held = [holder.acquire(KEY), holder.acquire(KEY)]
+        got: list[float] = []
+
+        def wait() -> None:
+            lease = waiting.acquire_wait(KEY, timeout=60)
+            got.append(time.monotonic())
+            lease.release()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        wait_until_listening(group)
+        child = os.fork()
+        if child == 0:  # the at-fork hook has already rebuilt both limiters for the child
+            waiting.close()
+            holder.close()
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        released = time.monotonic()
+        held[0].release()
+        thread.join(60)
+        assert got and got[0] - released < 5, "the parent's waiter lost its LISTEN session"
+        held[1].release()

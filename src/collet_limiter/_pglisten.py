@@ -15,6 +15,7 @@ a notification is only a hint, the woken waiter reads its lease from the databas
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from ._core import log, monotonic
@@ -30,6 +31,7 @@ class PgListener:
         self.address = channel
         self._engine = engine
         self._retry_secs = retry_secs
+        self._pid = os.getpid()  # a forked child must not close its parent's connection
         self._raw: Any = None  # SQLAlchemy's pool-detached DBAPI connection
         self._pg: Any = None  # the psycopg connection inside it
         self._next_try = 0.0
@@ -94,7 +96,9 @@ class PgListener:
 
     def _drop(self) -> None:
         raw, self._raw, self._pg = self._raw, None, None
-        if raw is not None:
+        # Closing sends the server a Terminate message on the socket, which a forked child shares
+        # with its parent: the child only lets go (psycopg never closes it from the child).
+        if raw is not None and os.getpid() == self._pid:
             with contextlib.suppress(Exception):
                 raw.close()
 
