@@ -273,6 +273,8 @@ class Runtime:
         # connection across fork(), and closing one here could disturb the parent's.
         self.engine.dispose(close=False)
         self._orphans, self._spare = self._orphans + self._spare, []
+        if self.watcher.conn is not None:  # held by the parent's watcher: never collected here,
+            self._orphans.append(self.watcher.conn)  # where the pool would close it (PostgreSQL)
         # flock() locks belong to the open file, which a child shares with its parent: the
         # writer lock closes only its copies of the descriptors.
         self._writer.close()
