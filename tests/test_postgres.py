@@ -626,3 +626,40 @@ def test_a_forked_child_leaves_its_parents_listen_connection_alone(group: str) -
         thread.join(60)
         assert got and got[0] - released < 5, "the parent's waiter lost its LISTEN session"
         held[1].release()
+
+
+def test_a_claim_retried_after_a_lost_commit_takes_up_what_it_wrote(group: str) -> None:
+    """A connection that drops during COMMIT leaves the client unsure whether the claim was
+    written; the retry (told by the runtime) must find that lease or ticket, never write a
+    second one. Run here by replaying a committed claim as a retry."""
+    from collet_limiter._core import RETRY_KEY
+
+    config = make_config(**ONE_MODEL)
+    with Limiter(group, config=config) as limiter:
+        runtime = limiter._runtime
+        core = runtime.core
+
+        def replay(request: object) -> object:
+            def retried(conn: object) -> object:
+                conn.info[RETRY_KEY] = 1  # type: ignore[attr-defined]
+                return core.claim(conn, request)  # type: ignore[arg-type]
+
+            return runtime.write(retried)
+
+        def fresh() -> object:
+            return core.request(KEY, None, fallback=False, enqueue=True, label="retry")
+
+        granted = fresh()
+        first = runtime.write(lambda conn: core.claim(conn, granted))
+        again = replay(granted)
+        assert again.lease == first.lease  # type: ignore[attr-defined]
+        assert rows(group, "SELECT count(*) FROM leases") == [(1,)]
+
+        runtime.write(lambda conn: core.claim(conn, fresh()))  # the model is full now
+        queued = fresh()
+        first = runtime.write(lambda conn: core.claim(conn, queued))
+        assert first.lease is None and first.ticket is not None  # type: ignore[attr-defined]
+        again = replay(queued)
+        assert (again.lease, again.ticket) == (None, first.ticket)  # type: ignore[attr-defined]
+        assert rows(group, "SELECT count(*) FROM waiters") == [(1,)]
+        runtime.write(core.release_owner)
