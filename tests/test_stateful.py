@@ -1,4 +1,7 @@
-"""The real limiter on a real SQLite file, driven side by side with the reference model.
+"""The real limiter on a real database, driven side by side with the reference model.
+
+Each example runs on a fresh SQLite file, or on a fresh group (schema) on the session's
+PostgreSQL server: the tests are parametrized over both backends.
 
 A hypothesis ``RuleBasedStateMachine`` draws a config (providers, CLI providers, tiers, tool
 flags, limits, a global cap) and then acquires with random chains, waits, queues, releases,
@@ -8,9 +11,10 @@ ticket, retried through ``Core.claim`` as ``Limiter.acquire_wait`` retries it. W
 room grants the tickets the model admits in the same step; a waiter whose ticket was granted
 gets exactly that lease on its next claim, and one that gives up (times out, is cancelled) or
 dies at that moment leaves nothing behind and passes its turn on. After every step the tables
-(read with plain ``sqlite3``) must hold exactly the leases and tickets the model holds, ids
-included, every grant must be the model's choice of key and ``via``, and no model may hold more
-leases than its limit, nor all of them more than the global cap.
+(read with the database's own driver, ``tests/look.py``) must hold exactly the leases and
+tickets the model holds, ids included, every grant must be the model's choice of key and
+``via``, and no model may hold more leases than its limit, nor all of them more than the global
+cap.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, event, settings
@@ -40,7 +44,8 @@ from hypothesis.stateful import (
 from collet_limiter import Acquired, AcquireTimeout, Config, Limiter, ModelKey, QueueWait
 from collet_limiter._identity import process_start
 
-from .conftest import FakeClock, make_config
+from .conftest import FakeClock, fresh_group, make_config
+from .look import Look
 from .reference import Reference
 from .strategies import chains, configs, request_keys
 
@@ -48,10 +53,21 @@ if TYPE_CHECKING:
     from collet_limiter import Lease
     from collet_limiter._store import ClaimRequest, LeaseRecord
 
+    from .pgserver import PgServer
+
 # Hypothesis's explain phase traces every line run (on Python < 3.12 with sys.settrace), which
 # through SQLAlchemy turns seconds into many minutes; failures are reported without it.
 NO_EXPLAIN = tuple(phase for phase in Phase if phase is not Phase.explain)
 TTL = 3600.0  # fake seconds; the heartbeat's real period (TTL/3) never comes during a test
+# How far ``advance_clock`` moves the fake clock: within a TTL, exactly one TTL (a lease granted
+# then is still held: it expires strictly after) and beyond.
+CLOCK_STEPS = (1.0, TTL / 2, TTL, TTL + 1, 2 * TTL)
+# On PostgreSQL a lease's times are the server's clock read as its transaction took the lock, a
+# little before the limiter reads the fake clock, so two transactions at one fake time are that
+# latency (milliseconds) apart and "exactly one TTL later" is a point the server cannot hit: its
+# steps stay half a second off every boundary (TTL - 0.5 is still held, TTL/2 + 0.5 twice has
+# expired), far more than that latency.
+PG_CLOCK_STEPS = (1.0, TTL / 2 + 0.5, TTL - 0.5, TTL + 1, 2 * TTL)
 
 
 def dead_identity() -> tuple[int, float]:
@@ -95,15 +111,25 @@ class Waiter:
 class LimiterMachine(RuleBasedStateMachine):
     """Drives one database through the public API and Core claims; see the module docstring."""
 
-    template: Path
-    dead: tuple[int, float]
-    workdir: Path
+    dead: ClassVar[tuple[int, float]]
+    workdir: ClassVar[Path]
+    # SQLite: a migrated database to copy for each example. PostgreSQL: the server on which each
+    # example opens a fresh group (schema), migrated by its first limiter.
+    template: ClassVar[Path | None] = None
+    server: ClassVar[PgServer | None] = None
+    clock_steps: ClassVar[tuple[float, ...]] = CLOCK_STEPS
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(dir=self.workdir))
-        self.db = self.dir / "limiter.db"
-        shutil.copy(self.template, self.db)
+        self.dir: Path | None = None
+        self.db: Path | str
+        if self.server is not None:
+            self.db = fresh_group(self.server)
+        else:
+            assert self.template is not None
+            self.dir = Path(tempfile.mkdtemp(dir=self.workdir))
+            self.db = self.dir / "limiter.db"
+            shutil.copy(self.template, self.db)
         self.clock = FakeClock()
         self.gens: list[Generation] = []
         self.public: list[tuple[Lease, Generation]] = []
@@ -111,8 +137,7 @@ class LimiterMachine(RuleBasedStateMachine):
         self.waiters: list[Waiter] = []
         self.ref: Reference | None = None
         self.pool: list[ModelKey] = []
-        self.look = sqlite3.connect(self.db, isolation_level=None)
-        self.look.execute("PRAGMA busy_timeout = 10000")
+        self.look = Look(self.db)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -173,7 +198,6 @@ class LimiterMachine(RuleBasedStateMachine):
         One that ``timed_out`` queued a ticket, then discarded it: which serves the queue.
         """
         gen = self.gen
-        last_ticket = "SELECT seq FROM sqlite_sequence WHERE name = 'waiters'"
         tokens = (lease.token if lease is not None else "", "timed out")
         expected = self.model.claim(
             gen.config,
@@ -185,7 +209,7 @@ class LimiterMachine(RuleBasedStateMachine):
             ticket=None,
             tokens=tokens,
             new_lease=lease.id if lease is not None else None,
-            new_ticket=self.look.execute(last_ticket).fetchone()[0] if timed_out else None,
+            new_ticket=self.look.last_ticket_id() if timed_out else None,
         )
         if timed_out:
             self.model.discard(*tokens)
@@ -385,8 +409,9 @@ class LimiterMachine(RuleBasedStateMachine):
         """Holders release as often as they acquire: weight the rule."""
         self.release(data)
 
-    @rule(seconds=st.sampled_from([1.0, TTL / 2, TTL, TTL + 1, 2 * TTL]))
-    def advance_clock(self, seconds: float) -> None:
+    @rule(data=st.data())
+    def advance_clock(self, data: st.DataObject) -> None:
+        seconds = data.draw(st.sampled_from(self.clock_steps), label="seconds")
         self.clock.advance(seconds)
         self.model.now = self.clock.now
 
@@ -564,29 +589,51 @@ class LimiterMachine(RuleBasedStateMachine):
                 assert self.look.execute("SELECT count(*) FROM waiters").fetchone() == (0,)
         finally:
             self.look.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.dir is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def machine(workdir: Path) -> type[LimiterMachine]:
-    """The machine class bound to a template database and a dead holder's identity."""
+def machine(workdir: Path, server: PgServer | None = None) -> type[LimiterMachine]:
+    """The machine class bound to its databases and a dead holder's identity.
+
+    Without ``server`` each example copies a template SQLite file in ``workdir``; with it, each
+    example is a fresh group on that PostgreSQL server.
+    """
+    where: dict[str, Any] = (
+        {"server": server, "clock_steps": PG_CLOCK_STEPS}
+        if server
+        else {"template": make_template(workdir)}
+    )
     return type(
         "LimiterMachine",
         (LimiterMachine,),
-        {"template": make_template(workdir), "dead": dead_identity(), "workdir": workdir},
+        {"dead": dead_identity(), "workdir": workdir, **where},
     )
+
+
+def server_for(backend: str, request: pytest.FixtureRequest) -> PgServer | None:
+    """The session's PostgreSQL server for the postgresql variant (None for SQLite)."""
+    return request.getfixturevalue("pg_server") if backend == "postgresql" else None
+
+
+def ci_examples(default: int) -> int:
+    """``default`` in the CI profile; a deeper profile (HYPOTHESIS_PROFILE) asks for more."""
+    return default if settings.default.max_examples <= 60 else settings.default.max_examples
 
 
 # pytest-timeout's 300 s is for the default profiles; HYPOTHESIS_PROFILE=long runs for longer.
 @pytest.mark.timeout(3600)
-def test_the_limiter_agrees_with_the_reference_model_step_by_step(tmp_path: Path) -> None:
+def test_the_limiter_agrees_with_the_reference_model_step_by_step(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     run_state_machine_as_test(
-        machine(tmp_path),
+        machine(tmp_path, server_for(backend, request)),
         settings=settings(
             settings.default,
-            # 40 runs of up to 40 steps in CI (about 6 s); HYPOTHESIS_PROFILE=long deepens it.
-            max_examples=40
-            if settings.default.max_examples <= 60
-            else settings.default.max_examples,
+            # Runs of up to 40 steps in CI: 40 on SQLite (5 to 20 s on 2 cores, by load); 20 on
+            # PostgreSQL, where each example's new group and each step's round trips cost several
+            # times as much (about 12 s). HYPOTHESIS_PROFILE=long deepens both.
+            max_examples=ci_examples(40 if backend == "sqlite" else 20),
             stateful_step_count=40,
             phases=NO_EXPLAIN,
         ),
@@ -595,12 +642,15 @@ def test_the_limiter_agrees_with_the_reference_model_step_by_step(tmp_path: Path
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_the_limiter_agrees_with_the_reference_model_over_long_runs(tmp_path: Path) -> None:
+def test_the_limiter_agrees_with_the_reference_model_over_long_runs(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     run_state_machine_as_test(
-        machine(tmp_path),
+        machine(tmp_path, server_for(backend, request)),
         settings=settings(
             settings.default,
-            max_examples=max(settings.default.max_examples, 400),
+            # Half as many runs on PostgreSQL, where each costs several times as much.
+            max_examples=max(settings.default.max_examples, 400 if backend == "sqlite" else 200),
             stateful_step_count=100,
             phases=NO_EXPLAIN,
         ),

@@ -1,4 +1,7 @@
-"""Both public faces on one SQLite file, with real waiting threads and tasks, against the reference.
+"""Both public faces on one database, with real waiting threads and tasks, against the reference.
+
+Each example runs on a fresh SQLite file, or on a fresh group (schema) on the session's
+PostgreSQL server: the tests are parametrized over both backends.
 
 A hypothesis ``RuleBasedStateMachine`` opens a few ``Limiter``s and ``AsyncLimiter``s (the async
 ones on an event loop running in a thread) on one database with a fake clock, and drives them
@@ -13,11 +16,12 @@ queue admits in that same transaction, and so does the reference (``Reference.se
 after a release or a close returns, the tables already hold the leases granted, before any
 waiter wakes. Waiting and timeouts use real time, so after each step the machine lets the system
 settle: it waits, up to a deadline and never for a fixed time, until the tables hold exactly what
-the reference holds and every waiter the reference granted has returned that lease. Meanwhile, an observer that trusts nothing the
-limiters say reads the ``leases`` table with plain ``sqlite3`` at every poll: no model above its
-limit, no more leases in all than the cap. Invariants: the tables equal the reference (each
-lease and ticket by its holder label, so a granted waiter holds exactly one lease and nothing is
-stranded), the queue is in arrival order, and each model's waiters were granted in that order.
+the reference holds and every waiter the reference granted has returned that lease. Meanwhile,
+an observer that trusts nothing the limiters say reads the ``leases`` table with the database's
+own driver (``tests/look.py``) at every poll: no model above its limit, no more leases in all
+than the cap. Invariants: the tables equal the reference (each lease and ticket by its holder
+label, so a granted waiter holds exactly one lease and nothing is stranded), the queue is in
+arrival order, and each model's waiters were granted in that order.
 
 The mutation tests at the end break the global cap, the tier rule of the capability fallback and
 reaping in the pure modules the faces share, and check that this machine notices.
@@ -63,8 +67,9 @@ from collet_limiter import (
     QueueWait,
 )
 
-from .conftest import FakeClock
+from .conftest import FakeClock, fresh_group
 from .facades import LoopThread
+from .look import Look
 from .reference import Reference
 from .strategies import (
     chains,
@@ -78,6 +83,8 @@ from .strategies import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from .pgserver import PgServer
 
 # Hypothesis's explain phase traces every line run, which through SQLAlchemy and threads turns
 # seconds into minutes; failures are reported without it.
@@ -188,16 +195,25 @@ class Order:
 class FacesMachine(RuleBasedStateMachine):
     """Drives sync and async limiters on one database; see the module docstring."""
 
-    template: ClassVar[Path]
     workdir: ClassVar[Path]
+    # SQLite: a migrated database to copy for each example. PostgreSQL: the server on which each
+    # example opens a fresh group (schema), migrated by its first limiter.
+    template: ClassVar[Path | None] = None
+    server: ClassVar[PgServer | None] = None
     settle_secs: ClassVar[float] = SETTLE_SECS
     configs: ClassVar[st.SearchStrategy[Config]] = configs
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(dir=self.workdir))
-        self.db = self.dir / "limiter.db"
-        shutil.copy(self.template, self.db)
+        self.dir: Path | None = None
+        self.db: Path | str
+        if self.server is not None:
+            self.db = fresh_group(self.server)
+        else:
+            assert self.template is not None
+            self.dir = Path(tempfile.mkdtemp(dir=self.workdir))
+            self.db = self.dir / "limiter.db"
+            shutil.copy(self.template, self.db)
         self.clock = FakeClock()
         self.loop = LoopThread()
         self.faces: list[Face] = []
@@ -209,8 +225,7 @@ class FacesMachine(RuleBasedStateMachine):
         self.ref: Reference | None = None
         self.config: Config | None = None
         self.pool: list[ModelKey] = []
-        self.look = sqlite3.connect(self.db, isolation_level=None)
-        self.look.execute("PRAGMA busy_timeout = 10000")
+        self.look = Look(self.db)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -617,7 +632,8 @@ class FacesMachine(RuleBasedStateMachine):
             self.loop.run(cancel_all_tasks())
             self.loop.stop()
             self.look.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.dir is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def cancel_all_tasks() -> None:
@@ -628,13 +644,19 @@ async def cancel_all_tasks() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def machine(workdir: Path, **attributes: Any) -> type[FacesMachine]:
-    """The machine class bound to a template database in ``workdir``."""
-    return type(
-        "FacesMachine",
-        (FacesMachine,),
-        {"template": make_template(workdir), "workdir": workdir, **attributes},
-    )
+def machine(workdir: Path, server: PgServer | None = None, **attributes: Any) -> type[FacesMachine]:
+    """The machine class bound to its databases.
+
+    Without ``server`` each example copies a template SQLite file in ``workdir``; with it, each
+    example is a fresh group on that PostgreSQL server.
+    """
+    where: dict[str, Any] = {"server": server} if server else {"template": make_template(workdir)}
+    return type("FacesMachine", (FacesMachine,), {"workdir": workdir, **where, **attributes})
+
+
+def server_for(backend: str, request: pytest.FixtureRequest) -> PgServer | None:
+    """The session's PostgreSQL server for the postgresql variant (None for SQLite)."""
+    return request.getfixturevalue("pg_server") if backend == "postgresql" else None
 
 
 def ci_examples(default: int) -> int:
@@ -643,12 +665,16 @@ def ci_examples(default: int) -> int:
 
 
 @pytest.mark.timeout(3600)
-def test_both_faces_agree_with_the_reference_with_real_waiters(tmp_path: Path) -> None:
+def test_both_faces_agree_with_the_reference_with_real_waiters(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     run_state_machine_as_test(
-        machine(tmp_path),
+        machine(tmp_path, server_for(backend, request)),
         settings=settings(
             settings.default,
-            max_examples=ci_examples(25),
+            # Runs of up to 30 steps in CI: 25 on SQLite (4 to 9 s on 2 cores, by load); 15 on
+            # PostgreSQL, where each costs several times as much (about 12 s).
+            max_examples=ci_examples(25 if backend == "sqlite" else 15),
             stateful_step_count=30,
             phases=NO_EXPLAIN,
         ),
@@ -657,12 +683,15 @@ def test_both_faces_agree_with_the_reference_with_real_waiters(tmp_path: Path) -
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_both_faces_agree_with_the_reference_over_long_runs(tmp_path: Path) -> None:
+def test_both_faces_agree_with_the_reference_over_long_runs(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     run_state_machine_as_test(
-        machine(tmp_path),
+        machine(tmp_path, server_for(backend, request)),
         settings=settings(
             settings.default,
-            max_examples=max(settings.default.max_examples, 300),
+            # Half as many runs on PostgreSQL, where each costs several times as much.
+            max_examples=max(settings.default.max_examples, 300 if backend == "sqlite" else 150),
             stateful_step_count=80,
             phases=NO_EXPLAIN,
         ),
