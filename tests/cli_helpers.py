@@ -1,7 +1,8 @@
 """Helpers for the command-line tests: run ``collet-limiter`` as a real process, hold permits.
 
 Every child is waited for with a timeout, and holders are stopped (and reaped) on the way out.
-The database is read back with the standard library's ``sqlite3``, not through the limiter.
+The database is read back with its own driver (``sqlite3`` for a file, psycopg for a
+PostgreSQL URL, through ``tests/sql.py``), not through the limiter.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .sql import rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -78,8 +81,10 @@ def run_cli(
     )
 
 
-def query(db: Path, sql: str) -> list[tuple[object, ...]]:
-    """Rows of ``sql`` on the database, read with the standard library's sqlite3."""
+def query(db: Path | str, sql: str) -> list[tuple[object, ...]]:
+    """Rows of ``sql`` on the database (a SQLite file, or a PostgreSQL URL), read with its driver."""
+    if isinstance(db, str):
+        return rows(db, sql)
     conn = sqlite3.connect(db, timeout=30)
     try:
         return list(conn.execute(sql))
@@ -87,8 +92,15 @@ def query(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def lease_holders(db: Path) -> list[str]:
+def lease_holders(db: Path | str) -> list[str]:
     """The holder label of every lease in the database."""
+    if isinstance(db, str):
+        import psycopg
+
+        try:
+            return [str(row[0]) for row in query(db, "SELECT holder FROM leases ORDER BY id")]
+        except psycopg.errors.UndefinedTable:  # the group's schema is not created yet
+            return []
     if not db.exists():
         return []
     try:
@@ -97,7 +109,7 @@ def lease_holders(db: Path) -> list[str]:
         return []
 
 
-def waiter_count(db: Path) -> int:
+def waiter_count(db: Path | str) -> int:
     """How many tickets are queued."""
     return int(query(db, "SELECT count(*) FROM waiters")[0][0])  # type: ignore[call-overload]
 
@@ -113,7 +125,7 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 30, what: str 
 
 @contextlib.contextmanager
 def holding(
-    db: Path, model: str, *, config: Path, holder: str = "holder", seconds: int = 600
+    db: Path | str, model: str, *, config: Path, holder: str = "holder", seconds: int = 600
 ) -> Iterator[subprocess.Popen[str]]:
     """A real ``collet-limiter run`` holding ``model`` (running ``sleep``) while the block runs."""
     child = subprocess.Popen(

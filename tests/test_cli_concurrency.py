@@ -4,7 +4,7 @@ The check is independent of the limiter: each gated command appends ``<CLOCK_MON
 <granted key> <via>`` when it starts and ``... -`` when it ends to its own file, and the merged
 files are swept in time order (``observer.py``). Each recorded interval lies inside the lease's
 life (the lease is granted before the command starts and released after it exits), so overlaps
-the sweep finds, the leases had too.
+the sweep finds, the leases had too. Both backends: a SQLite file and a PostgreSQL group.
 """
 
 from __future__ import annotations
@@ -52,16 +52,18 @@ CHILD = textwrap.dedent(
 )
 
 
-def launch_with_xargs(tmp_path: Path, *, runs: int, parallel: int, hold: float) -> Path:
+def launch_with_xargs(
+    tmp_path: Path, database: Path | str, *, runs: int, parallel: int, hold: float
+) -> Path:
     """Run ``runs`` gated commands, ``parallel`` at a time, through xargs; the events folder."""
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
     events = tmp_path / "events"
     events.mkdir()
-    db = tmp_path / "limiter.db"
+    db = str(database)
     assert (
         subprocess.run(
-            cli_command("--db", str(db), "--config", str(config), "init"),
+            cli_command("--db", db, "--config", str(config), "init"),
             capture_output=True,
             timeout=TIMEOUT,
             check=False,
@@ -69,7 +71,7 @@ def launch_with_xargs(tmp_path: Path, *, runs: int, parallel: int, hold: float) 
         == 0
     )
     command = cli_command(
-        "--db", str(db), "--config", str(config), "-q",
+        "--db", db, "--config", str(config), "-q",
         "run", "--model", "p/a", "--fallback", "p/b", "--holder", "xargs-{}",
         "--", "python3", "-c", CHILD, str(events / "{}.events"), str(hold),
     )  # fmt: skip
@@ -84,8 +86,8 @@ def launch_with_xargs(tmp_path: Path, *, runs: int, parallel: int, hold: float) 
         check=False,
     )
     assert result.returncode == 0, result.stderr  # xargs: 123 if any run failed
-    assert query(db, "SELECT count(*) FROM leases") == [(0,)]
-    assert query(db, "SELECT count(*) FROM waiters") == [(0,)]
+    assert query(database, "SELECT count(*) FROM leases") == [(0,)]
+    assert query(database, "SELECT count(*) FROM waiters") == [(0,)]
     return events
 
 
@@ -100,13 +102,15 @@ def check(events: Path, runs: int) -> None:
 
 
 def test_concurrent_runs_from_xargs_respect_model_limits_and_the_global_cap(
-    tmp_path: Path,
+    tmp_path: Path, database: Path | str
 ) -> None:
-    events = launch_with_xargs(tmp_path, runs=12, parallel=8, hold=1.0)
+    events = launch_with_xargs(tmp_path, database, runs=12, parallel=8, hold=1.0)
     check(events, 12)
 
 
 @pytest.mark.slow
-def test_many_concurrent_runs_from_xargs_respect_the_limits(tmp_path: Path) -> None:
-    events = launch_with_xargs(tmp_path, runs=80, parallel=24, hold=0.5)
+def test_many_concurrent_runs_from_xargs_respect_the_limits(
+    tmp_path: Path, database: Path | str
+) -> None:
+    events = launch_with_xargs(tmp_path, database, runs=80, parallel=24, hold=0.5)
     check(events, 80)

@@ -40,6 +40,9 @@ def bad_agent(tmp: Path) -> str:
     return str(path)
 
 
+# A password in a database URL, which no message may show.
+SECRET = "pg-pa55word"
+
 # (id, arguments built from tmp_path, extra environment, exit status, what stderr says)
 CASES = [
     ("bad-key", lambda t: ["run", "--model", "glm-5", "--", "true"], {}, 2, "'glm-5' is not PROVIDER/MODEL"),
@@ -64,6 +67,11 @@ CASES = [
     ("db-not-a-database-status", lambda t: ["--db", not_a_database(t), "status"], {}, 4, "is not a usable collet-limiter database"),
     ("db-is-a-directory", lambda t: ["--db", str(t), "leases"], {}, 4, "not a regular file"),
     ("db-env-in-missing-dir", lambda t: ["run", "-m", "a/b", "--", "true"], {"COLLET_LIMITER_DB": "/nonexistent/dir/l.db"}, 4, "/nonexistent/dir does not exist"),
+    # PostgreSQL URLs (no server needed; a wrong password and more: tests/test_postgres_cli.py).
+    ("pg-psycopg2-url", lambda t: ["--db", f"postgresql+psycopg2://u:{SECRET}@h/db", "status"], {}, 3, "write the URL as postgresql+psycopg://"),
+    ("pg-bad-group-name", lambda t: ["--db", f"postgresql+psycopg://u:{SECRET}@h/db?schema=Bad-Name", "doctor"], {}, 3, "'Bad-Name' is not a valid limiter group name"),
+    ("pg-unreachable-env", lambda t: ["leases"], {"COLLET_LIMITER_DB": f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db"}, 4, "cannot connect to database server 127.0.0.1:1"),
+    ("pg-unreachable-explain", lambda t: ["--db", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "explain", "a/b"], {}, 4, "cannot connect to database server 127.0.0.1:1"),
 ]  # fmt: skip
 
 
@@ -84,3 +92,4 @@ def test_a_user_error_is_one_line_and_a_documented_status(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("collet-limiter: ")
     assert says in lines[0]
+    assert SECRET not in result.stderr

@@ -2,7 +2,7 @@
 
 Each test has its own tmux server (its own socket under tmp_path, no user config), killed at the
 end. A command's exit status is written to a file by the pane's shell, since the pane goes away
-when its command ends.
+when its command ends. Each test runs on SQLite and on PostgreSQL (the ``database`` fixture).
 """
 
 from __future__ import annotations
@@ -90,11 +90,13 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("key", ["q", "C-c"])
 def test_watch_shows_a_lease_live_and_quits_cleanly(
-    terminal: Terminal, db: Path, config: Path, key: str
+    terminal: Terminal, database: Path | str, config: Path, key: str
 ) -> None:
-    with holding(db, "zai/glm-5", config=config, holder="held-for-tmux"):
+    with holding(database, "zai/glm-5", config=config, holder="held-for-tmux"):
         terminal.start(
-            cli_command("--db", str(db), "--config", str(config), "watch", "--interval", "0.2")
+            cli_command(
+                "--db", str(database), "--config", str(config), "watch", "--interval", "0.2"
+            )
         )
         terminal.wait_for_text("held-for-tmux")
         screen = terminal.screen()
@@ -108,12 +110,14 @@ def test_watch_shows_a_lease_live_and_quits_cleanly(
 
 
 def test_watch_follows_leases_as_they_come_and_go(
-    terminal: Terminal, db: Path, config: Path
+    terminal: Terminal, database: Path | str, config: Path
 ) -> None:
-    with holding(db, "zai/glm-5", config=config, holder="first-holder"):
-        terminal.start(cli_command("--db", str(db), "--config", str(config), "watch", "-n", "0.2"))
+    with holding(database, "zai/glm-5", config=config, holder="first-holder"):
+        terminal.start(
+            cli_command("--db", str(database), "--config", str(config), "watch", "-n", "0.2")
+        )
         terminal.wait_for_text("first-holder")
-    wait_until(lambda: lease_holders(db) == [], what="the holder to release")
+    wait_until(lambda: lease_holders(database) == [], what="the holder to release")
     wait_until(lambda: "first-holder" not in terminal.screen(), what="the view to drop the lease")
     assert "0 leases" in terminal.screen()
     terminal.keys("q")
@@ -135,14 +139,14 @@ COUNTS_SIGINT = textwrap.dedent(
 
 
 def test_ctrl_c_in_a_terminal_reaches_the_command_once(
-    terminal: Terminal, db: Path, config: Path, tmp_path: Path
+    terminal: Terminal, database: Path | str, config: Path, tmp_path: Path
 ) -> None:
     """The terminal sends Ctrl-C to the whole foreground group: run must not send it again."""
     count = tmp_path / "sigints"
     terminal.start(
         cli_command(
             "--db",
-            str(db),
+            str(database),
             "--config",
             str(config),
             "run",
@@ -159,4 +163,4 @@ def test_ctrl_c_in_a_terminal_reaches_the_command_once(
     terminal.keys("C-c")
     assert terminal.exit_status() == 0
     assert count.read_text() == "1"
-    assert lease_holders(db) == []
+    assert lease_holders(database) == []

@@ -1,7 +1,9 @@
 """``Inspector`` only looks: it leaves the file, its journal mode and its companions as they were.
 
 Its one write, ``reap``, takes the cross-process writer lock (``<db>.lock``) like every writer;
-that is checked against a real process holding the ``flock``.
+that is checked against a real process holding the ``flock``. On PostgreSQL its sessions are
+read-only, a missing group is an error that creates nothing, and ``reap`` waits for the group's
+advisory lock held by another session.
 """
 
 from __future__ import annotations
@@ -13,18 +15,29 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from collet_limiter import DatabaseBusyError, Inspector, Limiter, Reaped
+from collet_limiter import (
+    DatabaseBusyError,
+    DatabaseUnavailableError,
+    Inspector,
+    Limiter,
+    Reaped,
+)
+from collet_limiter._engine import resolve_target
 
 from .cli_helpers import TIMEOUT, run_cli, wait_until
-from .conftest import make_config
+from .conftest import fresh_group, make_config
+from .sql import pg_connect, rows
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from .pgserver import PgServer
 
 WORKER = str(Path(__file__).with_name("workers.py"))
 
@@ -122,7 +135,7 @@ def lock_held_elsewhere(db: Path) -> Iterator[subprocess.Popen[str]]:
                 stream.close()
 
 
-def _dead_holder(db: Path) -> int:
+def _dead_holder(db: Path | str) -> int:
     """A lease left by a process killed while holding it; returns that process's PID."""
     holder = subprocess.Popen(
         [sys.executable, WORKER, "hold", "--db", str(db), "--model", "p/dead"],
@@ -191,5 +204,90 @@ def test_reap_gives_up_on_a_writer_lock_held_beyond_the_busy_timeout(db: Path) -
     config = make_config(limiter={"busy_timeout_ms": 100})
     with lock_held_elsewhere(db), Inspector(db, config=config) as inspector:
         with pytest.raises(DatabaseBusyError, match="writer lock"):
+            inspector.reap()
+        assert [info.pid for info in inspector.leases()] == [pid]
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def test_an_inspector_on_postgresql_reads_on_sessions_the_server_keeps_read_only(
+    pg_server: PgServer,
+) -> None:
+    url = fresh_group(pg_server)
+    with Limiter(url, config=make_config()) as limiter, Inspector(url) as inspector:
+        held = limiter.acquire("p/m", holder="x")
+        assert [(info.key, info.holder) for info in inspector.leases()] == [(held.key, "x")]
+        assert inspector.status().in_use == 1
+        assert abs(inspector.now() - time.time()) < 5  # the server's clock, on this host
+        raw = inspector._engine.raw_connection()  # a session as the Inspector opens them
+        try:
+            # Autocommit, outside any transaction the Inspector begins: the session refuses.
+            with pytest.raises(Exception, match="read-only transaction"):
+                raw.driver_connection.execute("DELETE FROM leases")  # type: ignore[union-attr]
+        finally:
+            raw.close()
+        assert [info.holder for info in inspector.leases()] == ["x"]
+        held.release()
+
+
+def test_inspecting_a_group_that_does_not_exist_raises_and_creates_nothing(
+    pg_server: PgServer,
+) -> None:
+    url = fresh_group(pg_server)
+    schema = resolve_target(url).schema
+    with pytest.raises(DatabaseUnavailableError, match=f"no limiter group '{schema}' on "):
+        Inspector(url)
+    assert rows(pg_server.url(), f"SELECT 1 FROM pg_namespace WHERE nspname = '{schema}'") == []
+
+
+@contextlib.contextmanager
+def advisory_lock_held_elsewhere(url: str) -> Iterator[object]:
+    """Another session holding the group's write lock, in an open transaction, until the end."""
+    conn = pg_connect(url)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (resolve_target(url).lock_key,))
+        yield conn
+    finally:
+        conn.close()  # rolls back: the lock goes with the transaction
+
+
+def _waiting_for_an_advisory_lock(server_url: str) -> bool:
+    return bool(
+        rows(server_url, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    )
+
+
+def test_reap_on_postgresql_waits_for_the_groups_advisory_lock(pg_server: PgServer) -> None:
+    url = fresh_group(pg_server)
+    pid = _dead_holder(url)
+    config = make_config(limiter={"busy_timeout_ms": TIMEOUT * 1000})
+    with Inspector(url, config=config) as inspector:
+        reaped: list[list[Reaped]] = []
+        with advisory_lock_held_elsewhere(url) as holder:
+            thread = threading.Thread(target=lambda: reaped.append(inspector.reap()))
+            thread.start()
+            wait_until(
+                lambda: bool(reaped) or _waiting_for_an_advisory_lock(pg_server.url()),
+                timeout=TIMEOUT,
+                what="reap to wait for the advisory lock",
+            )
+            assert not reaped, "reap wrote while another session held the group's lock"
+            assert [info.pid for info in inspector.leases()] == [pid]
+            holder.execute("COMMIT")  # type: ignore[attr-defined]
+            thread.join(TIMEOUT)
+        assert [(item.pid, item.reason) for item in reaped[0]] == [(pid, "holder dead")]
+        assert inspector.leases() == []
+
+
+def test_reap_on_postgresql_gives_up_on_a_lock_held_beyond_the_busy_timeout(
+    pg_server: PgServer,
+) -> None:
+    url = fresh_group(pg_server)
+    pid = _dead_holder(url)
+    config = make_config(limiter={"busy_timeout_ms": 200})
+    with advisory_lock_held_elsewhere(url), Inspector(url, config=config) as inspector:
+        with pytest.raises(DatabaseBusyError, match="held the limiter group's write lock"):
             inspector.reap()
         assert [info.pid for info in inspector.leases()] == [pid]

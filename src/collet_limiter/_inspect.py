@@ -5,21 +5,33 @@ because it is about to take permits under that config. Something that only looks
 status``, ``watch``, a dashboard) must not: an operator checking the status without the agents'
 config at hand would otherwise reset every model's limit to the built-in defaults for every
 process. An ``Inspector`` opens a database that exists and has the current schema, and runs the
-same read transactions as ``Limiter`` (they live in ``Core``) on connections that SQLite keeps
-from writing (``query_only``) and that leave the journal mode as they find it. ``reap`` is its
-only write, and takes its turn like every other writer: the ``flock`` on ``<db>.lock`` first.
+same read transactions as ``Limiter`` (they live in ``Core``) on connections that refuse to
+write: SQLite's ``query_only``, which also leaves the journal mode as it finds it, or on
+PostgreSQL sessions started with ``default_transaction_read_only`` (in the startup packet, so
+no statement of the session can write, autocommit ones included). ``reap`` is its only write,
+and takes its turn like every other writer: on SQLite the ``flock`` on ``<db>.lock`` first; on
+PostgreSQL the group's advisory lock, which every write transaction takes as it begins.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 
 from ._core import Core
-from ._engine import create_sqlite_inspect_engine, read_transaction
+from ._engine import (
+    Target,
+    create_postgres_engine,
+    create_sqlite_inspect_engine,
+    read_transaction,
+)
 from ._errors import (
-    ConfigError,
+    DatabaseBusyError,
     DatabaseUnavailableError,
     LimiterClosedError,
     SchemaVersionError,
@@ -60,12 +72,69 @@ def _check_exists(path: Path) -> None:
         )
 
 
-def _stored_revision(conn: Connection) -> str | None:
+def _read_only_session(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # Added to the options the engine already passes (its search path and timeouts): the
+    # server then starts every transaction of the session READ ONLY, whatever runs in it.
+    options = str(cparams.get("options") or "")
+    cparams["options"] = f"{options} -c default_transaction_read_only=on".strip()
+
+
+def create_inspect_engine(
+    target: Target, *, busy_timeout_ms: int, writable: bool = False
+) -> Engine:
+    """An engine that reads ``target`` as it is: no file, schema or setting is created or changed.
+
+    SQLite: ``create_sqlite_inspect_engine``. PostgreSQL: the limiter's own engine (the group's
+    search path, its advisory lock in write transactions), whose sessions are read-only unless
+    ``writable``. Connecting creates nothing on the server either way.
+    """
+    if target.is_sqlite:
+        return create_sqlite_inspect_engine(
+            target, busy_timeout_ms=busy_timeout_ms, writable=writable
+        )
+    engine = create_postgres_engine(target, busy_timeout_ms=busy_timeout_ms)
+    if not writable:
+        event.listen(engine, "do_connect", _read_only_session)
+    return engine
+
+
+def cannot_connect(target: Target, exc: BaseException) -> DatabaseUnavailableError:
+    """The error when the PostgreSQL server refuses or cannot take a connection (names the host)."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return DatabaseUnavailableError(
+        f"cannot connect to database server {target.host} ({reason}); check that it runs, that "
+        f"this host can reach it and the user name and password (database {target.display})",
+        path=target.display,
+        reason=reason,
+    )
+
+
+def group_exists(conn: Connection, schema: str) -> bool:
+    """Whether the PostgreSQL schema of a limiter group exists (in its own read transaction)."""
+    with read_transaction(conn):
+        found = conn.execute(
+            text("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :schema"),
+            {"schema": schema},
+        ).first()
+    return found is not None
+
+
+def stored_revision(conn: Connection, target: Target) -> str | None:
     """The schema revision recorded in the database; None without a collet-limiter schema."""
     with read_transaction(conn):
-        if not conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
-        ).first():
+        if target.is_sqlite:
+            found = conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).first()
+        else:  # the group's schema, which the search path names, and only it
+            found = conn.execute(
+                text(
+                    "SELECT 1 FROM pg_catalog.pg_tables "
+                    "WHERE schemaname = :schema AND tablename = 'alembic_version'"
+                ),
+                {"schema": target.schema},
+            ).first()
+        if not found:
             return None
         revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     return None if revision is None else str(revision)
@@ -106,10 +175,13 @@ class Inspector:
     this process has. ``config`` only matters to ``explain`` for keys the database does not
     list yet. The reads never change the file's journal mode, and SQLite refuses any write on
     their connections (``query_only``). As with any SQLite reader, a WAL database's ``-wal`` and
-    ``-shm`` files exist while it is open and are removed by the last connection to close.
+    ``-shm`` files exist while it is open and are removed by the last connection to close. On
+    PostgreSQL the group's schema must exist (else ``DatabaseUnavailableError``, as for a
+    missing file) and the server refuses writes on the sessions (``default_transaction_read_only``).
 
-    ``reap`` is the one write: it waits for the writer lock (``<db>.lock``, created if missing)
-    up to the busy timeout, as ``Limiter`` does, then raises ``DatabaseBusyError``.
+    ``reap`` is the one write: it waits for the writer lock (``<db>.lock``, created if missing;
+    on PostgreSQL the group's advisory lock) up to the busy timeout, as ``Limiter`` does, then
+    raises ``DatabaseBusyError``.
     Thread-safe; close it (or use ``with``) when done.
     """
 
@@ -124,17 +196,10 @@ class Inspector:
             poll_interval=None,
             max_poll_interval=None,
         )
-        path = core.target.path
-        if path is None:
-            raise ConfigError(
-                f"{core.display}: only SQLite databases can be inspected by this version",
-                path=core.display,
-            )
-        _check_exists(path)
-        self._path = path
-        self._engine: Engine = create_sqlite_inspect_engine(
-            core.target, busy_timeout_ms=core.busy_timeout_ms
-        )
+        target = core.target
+        if target.path is not None:
+            _check_exists(target.path)
+        self._engine: Engine = create_inspect_engine(target, busy_timeout_ms=core.busy_timeout_ms)
         self._closed = False
         # reap's own writable connection and writer lock, made on its first call
         self._write_lock = threading.Lock()
@@ -142,7 +207,16 @@ class Inspector:
         self._writer: WriterLock | None = None
         try:
             with self._connection() as conn:
-                revision = _stored_revision(conn)
+                if target.schema is not None and not group_exists(conn, target.schema):
+                    raise DatabaseUnavailableError(
+                        f"no limiter group {target.schema!r} on {target.host} yet "
+                        f"({core.display}): 'collet-limiter init' creates it, and so does the "
+                        "first acquire (check --db or COLLET_LIMITER_DB, and its ?schema=, if "
+                        "you expected one)",
+                        path=core.display,
+                        reason="missing",
+                    )
+                revision = stored_revision(conn, target)
             _check_schema(core.display, revision)
         except BaseException:
             self.close()
@@ -157,6 +231,20 @@ class Inspector:
     def config(self) -> Config:
         """The config in use here (``explain`` uses it for keys the database lacks)."""
         return self._core.config
+
+    def now(self) -> float:
+        """The database's time now (seconds since the epoch), to measure lease ages against.
+
+        On PostgreSQL the server's clock, which every lease time comes from; on SQLite this
+        host's (the config's clock, as a ``Limiter`` on this host uses).
+        """
+        if self._core.target.is_sqlite:
+            return self._core.clock()
+        with self._connection() as conn, read_transaction(conn):
+            started = time.time()
+            value = conn.exec_driver_sql("SELECT extract(epoch FROM clock_timestamp())").scalar()
+            # The statement's round trip: the server read its clock about half-way through it.
+            return float(value) + (time.time() - started) / 2 if value is not None else started
 
     def status(self) -> Status:
         """The global cap and each model's limit, use and queue, as ``Limiter.status``."""
@@ -185,19 +273,23 @@ class Inspector:
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now.
 
-        Takes the writer lock first, as every writer does; ``DatabaseBusyError`` if another
-        process keeps it beyond the busy timeout.
+        Takes the writer lock first, as every writer does (SQLite: the ``flock`` on
+        ``<db>.lock``; PostgreSQL: the group's advisory lock, as its transaction begins);
+        ``DatabaseBusyError`` if another process keeps it beyond the busy timeout.
         """
         core = self._core
         with self._write_lock:
             if self._closed:
                 raise LimiterClosedError(f"Inspector on {core.display} is closed")
-            if self._writer is None:
-                self._writer = WriterLock(self._path, core.sharing)
             if self._write_engine is None:
-                self._write_engine = create_sqlite_inspect_engine(
+                self._write_engine = create_inspect_engine(
                     core.target, busy_timeout_ms=core.busy_timeout_ms, writable=True
                 )
+            path = core.target.path
+            if path is None:
+                return self._reap_on_server(self._write_engine)
+            if self._writer is None:
+                self._writer = WriterLock(path, core.sharing)
             if not self._writer.acquire(core.busy_timeout_ms / 1000):
                 raise core.writer_busy()
             try:
@@ -206,13 +298,39 @@ class Inspector:
             finally:
                 self._writer.release()
 
+    def _reap_on_server(self, engine: Engine) -> list[Reaped]:
+        core = self._core
+        try:
+            with self._connection(engine) as conn:
+                return core.reap(conn)
+        except StorageError as exc:
+            # The server's lock_timeout (the busy timeout) ended the wait for the advisory lock.
+            if "lock timeout" not in str(getattr(exc, "reason", "")):
+                raise
+            raise DatabaseBusyError(
+                f"database {core.display}: another session held the limiter group's write lock "
+                f"(advisory lock {core.target.lock_key}) for more than the busy timeout of "
+                f"{core.busy_timeout_ms} ms; find it in pg_locks, or raise [limiter] "
+                "busy_timeout_ms",
+                path=core.display,
+                reason="writer lock held",
+            ) from exc
+
     @contextlib.contextmanager
     def _connection(self, engine: Engine | None = None) -> Iterator[Connection]:
         if self._closed:
             raise LimiterClosedError(f"Inspector on {self._core.display} is closed")
         engine = engine or self._engine
-        with translate_driver_errors(self._core.display), engine.connect() as conn:
-            yield conn
+        target = self._core.target
+        with translate_driver_errors(target.display):
+            try:
+                conn = engine.connect()
+            except DBAPIError as exc:
+                if target.is_sqlite:
+                    raise
+                raise cannot_connect(target, exc) from exc
+            with conn:
+                yield conn
 
     def close(self) -> None:
         """Close the database connections (and the lock file, if ``reap`` opened it). Idempotent."""

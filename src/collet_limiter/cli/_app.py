@@ -70,7 +70,8 @@ def global_options(func: F) -> F:
             metavar="PATH",
             expose_value=False,
             callback=_setter("db"),
-            help="The database (default: $COLLET_LIMITER_DB, the config's [limiter] db, "
+            help="The database: a SQLite file, or postgresql+psycopg://USER@HOST/DB?schema=GROUP "
+            "(default: $COLLET_LIMITER_DB, the config's [limiter] db, "
             "else $XDG_STATE_HOME/collet-limiter/limiter.db).",
         ),
         click.option(
@@ -279,12 +280,11 @@ def status(ctx: click.Context, as_json: bool) -> int:
 @click.pass_context
 def leases(ctx: click.Context, as_json: bool) -> int:
     """Who holds what: each lease's model, how it was granted, holder, age, expiry; the queue."""
-    import time
-
     from ._output import dumps, leases_data
 
     with settings(ctx).inspector() as inspector:
-        held, queued, now = inspector.leases(), inspector.waiters(), time.time()
+        # Ages and expiries against the database's clock (the server's, on PostgreSQL).
+        held, queued, now = inspector.leases(), inspector.waiters(), inspector.now()
         if as_json:
             click.echo(dumps(leases_data(held, queued, db=inspector.db, now=now)))
             return 0
@@ -407,7 +407,9 @@ def doctor(ctx: click.Context, as_json: bool) -> int:
     """Check the database without changing it: schema, journal mode, permissions, config.
 
     Also says whether the database holds another config than the one in use, and whether it
-    is on a network filesystem (where WAL is unsafe). Exits 1 when it finds a problem.
+    is on a network filesystem (where WAL is unsafe). On PostgreSQL: the server's version, the
+    group's schema revision, the server's clock against this host's, and whether LISTEN/NOTIFY
+    works through the connection. Exits 1 when it finds a problem.
     """
     from collet_limiter import diagnose
 

@@ -180,6 +180,55 @@ def diagnosis_lines(diagnosis: Diagnosis, *, created: bool | None = None) -> lis
     lines = [f"database       {d.db}"]
     if created is not None:
         lines.append(f"  created      {'yes, just now' if created else 'no, it existed'}")
+    lines += _server_lines(d) if d.backend != "sqlite" else _file_lines(d)
+    if d.models is not None:
+        lines.append(
+            f"  contents     {d.models} models, {d.leases} leases, {d.waiters} waiting, "
+            f"global cap {d.max_agents}"
+        )
+    lines.append(f"config in use  {d.config_source} (fingerprint {d.config_fingerprint})")
+    if d.stored_fingerprint is not None:
+        same = "differs from the config in use" if d.config_differs else "same as the config in use"
+        lines.append(
+            f"  database's   {d.stored_config_source}, written {d.stored_config_written_at} "
+            f"(fingerprint {d.stored_fingerprint}): {same}"
+        )
+    lines += [f"problem: {problem}" for problem in d.problems]
+    lines += [f"note: {note}" for note in d.notes]
+    count = len(d.problems)
+    lines.append("ok: no problems found" if d.ok else f"{count} problem{'s' * (count != 1)} found")
+    return lines
+
+
+def _schema_state(d: Diagnosis) -> str:
+    if d.schema_revision == d.expected_revision:
+        return f"{d.schema_revision} (current)"
+    return f"{d.schema_revision or 'none'} (expected {d.expected_revision})"
+
+
+def _server_lines(d: Diagnosis) -> list[str]:
+    """The PostgreSQL part of the report: server, group, clock, LISTEN."""
+    if d.server_version is None:
+        return [f"  server       {d.server}: not reachable"]
+    lines = [
+        f"  server       {d.server}, PostgreSQL {d.server_version}",
+        f"  group        schema {d.schema}: "
+        + (_schema_state(d) if d.exists else "does not exist yet"),
+    ]
+    if d.clock_offset_ms is not None:
+        offset = d.clock_offset_ms
+        side = "ahead of" if offset > 0 else "behind"
+        said = f"{abs(offset):.0f} ms {side}" if abs(offset) >= 1 else "within 1 ms of"
+        lines.append(f"  clock        the server's is {said} this host's")
+    if d.listen_notify is not None:
+        works = "works" if d.listen_notify else "does not work (waiters only poll)"
+        lines.append(f"  LISTEN       {works}")
+    return lines
+
+
+def _file_lines(d: Diagnosis) -> list[str]:
+    """The SQLite part of the report: the file, its schema, journal mode and filesystem."""
+    lines = []
     if d.exists:
         lines.append(
             f"  file         {d.size} bytes, mode {d.file_mode}, owner {d.file_owner}; "
@@ -199,22 +248,6 @@ def diagnosis_lines(diagnosis: Diagnosis, *, created: bool | None = None) -> lis
         lines.append("  contents     not a usable SQLite database")
     kind = "network: WAL is unsafe" if d.network_filesystem else "local"
     lines.append(f"  filesystem   {d.filesystem or 'unknown'} ({kind})")
-    if d.models is not None:
-        lines.append(
-            f"  contents     {d.models} models, {d.leases} leases, {d.waiters} waiting, "
-            f"global cap {d.max_agents}"
-        )
-    lines.append(f"config in use  {d.config_source} (fingerprint {d.config_fingerprint})")
-    if d.stored_fingerprint is not None:
-        same = "differs from the config in use" if d.config_differs else "same as the config in use"
-        lines.append(
-            f"  database's   {d.stored_config_source}, written {d.stored_config_written_at} "
-            f"(fingerprint {d.stored_fingerprint}): {same}"
-        )
-    lines += [f"problem: {problem}" for problem in d.problems]
-    lines += [f"note: {note}" for note in d.notes]
-    count = len(d.problems)
-    lines.append("ok: no problems found" if d.ok else f"{count} problem{'s' * (count != 1)} found")
     return lines
 
 

@@ -5,7 +5,6 @@ Imported only by the commands that draw (status, leases, explain, watch, demo), 
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -188,7 +187,7 @@ def snapshot(inspector: Inspector) -> tuple[Status, list[LeaseInfo], list[Ticket
     status = inspector.status()
     leases = inspector.leases()
     waiters = inspector.waiters()
-    return status, leases, waiters, time.time()
+    return status, leases, waiters, inspector.now()
 
 
 def live_view(
@@ -209,7 +208,8 @@ def live_view(
         if waiters:
             parts.append(waiters_table(waiters, now=now))
     clock = datetime.now(tz=timezone.utc).strftime("%H:%M:%S UTC")
-    parts.append(Text(f"{inspector.db} · {clock}{' · ' + footer if footer else ''}", style="dim"))
+    # The database on a line of its own: a PostgreSQL URL is long, and the keys must stay readable.
+    parts.append(Text(f"{inspector.db}\n{clock}{' · ' + footer if footer else ''}", style="dim"))
     return Group(*parts)
 
 
