@@ -1,9 +1,10 @@
 """Benchmark collet-limiter against its peers, side by side in one run; prints a markdown table.
 
-    python benchmarks/bench.py            # the full run (under 10 minutes on 2 cores)
-    python benchmarks/bench.py --quick    # under 2 minutes: shorter, 16 processes x 1 ms only
+    python benchmarks/bench.py            # the full run (about 18 minutes on 2 cores)
+    python benchmarks/bench.py --quick    # about 5 minutes: shorter, 16 processes x 1 ms only
     python benchmarks/bench.py --only "collet-limiter (sync)" --only "sqlite3, 5 ms poll"
-    python benchmarks/bench.py --backends postgresql   # collet-limiter on PostgreSQL only
+    python benchmarks/bench.py --backends postgresql   # PostgreSQL only (about 8 minutes)
+    python benchmarks/bench.py --backends sqlite,peers # the run before PostgreSQL (10 minutes)
 
 Workloads (limit 3 unless said), each on fresh shared state, every worker a separate process:
 
@@ -445,7 +446,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="shorter runs (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about 5 minutes)")
     parser.add_argument("--only", action="append", help="run only these mechanisms")
     parser.add_argument(
         "--backends",
