@@ -373,7 +373,11 @@ class Runtime:
                 if deadline is None:
                     deadline = now + core.busy_timeout_ms / 1000
                     log.warning(
-                        "lost the connection to %s (%s); reconnecting", core.target.host, exc
+                        "%s %s (%s); retrying for up to %d ms",
+                        "lost the connection to" if lost else "cannot connect to",
+                        core.target.host,
+                        getattr(exc, "reason", None) or exc,
+                        core.busy_timeout_ms,
                     )
                 if now >= deadline:
                     raise core.unreachable(exc) from exc.__cause__
