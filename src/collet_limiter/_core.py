@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
@@ -130,8 +131,9 @@ class Core:
         On SQLite (one host) the limiter's clock. On PostgreSQL the server's clock, read as the
         transaction took its lock, so that hosts with skewed clocks agree on every expiry: an
         injected ``clock`` only adds how far it has moved beyond this host's clock since the
-        limiter's first transaction (a test's hand-moved clock), never its offset. The
-        difference to this host's clock is kept for the watcher's expiry timer.
+        first transaction of any limiter using it in this process (a test's hand-moved clock,
+        shared by its limiters), never its offset. The difference to this host's clock is kept
+        for the watcher's expiry timer.
         """
         server = server_now(conn)
         if server is None:
@@ -139,7 +141,7 @@ class Core:
         if self.clock is not time.time:
             drift = self.clock() - time.time()
             if self._drift0 is None:
-                self._drift0 = drift
+                self._drift0 = _baseline(self.clock, drift)
             server += drift - self._drift0
         self.clock_offset = server - time.time()
         return server
@@ -485,6 +487,18 @@ class Core:
             candidates=tuple(CandidateReport.from_verdict(v) for v in verdicts),
             global_reason=global_reason,
         )
+
+
+# An injected clock's offset from this host's clock when a limiter first used it on PostgreSQL,
+# shared by every limiter using that clock, so that they agree on the time (see Core.now).
+_BASELINES: weakref.WeakKeyDictionary[Callable[[], float], float] = weakref.WeakKeyDictionary()
+
+
+def _baseline(clock: Callable[[], float], drift: float) -> float:
+    try:
+        return _BASELINES.setdefault(clock, drift)
+    except TypeError:  # a clock that cannot be weakly referenced: its own baseline
+        return drift
 
 
 def _first_reason(result: ClaimResult) -> str:
