@@ -377,8 +377,9 @@ class Core:
     def release(self, conn: Connection, lease_id: int, token: str) -> bool:
         """Delete one lease; False when it was already reclaimed."""
         with write_transaction(conn):
-            released = _store.release(conn, lease_id, token)
-            wake = _store.grant_waiting(conn, self.now(conn)) if released else []
+            released, waiting = _store.release(conn, lease_id, token)
+            now = self.now(conn)
+            wake = _store.grant_waiting(conn, now, anyone_waiting=waiting) if released else []
         wake_after_commit(conn, wake)
         # Retried after the connection dropped: the first attempt's commit may have released it.
         return released or bool(conn.info.get(RETRY_KEY))

@@ -61,11 +61,12 @@ _TICKET_EXISTS: Final = Prepared(
 )
 _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
-_RELEASE: Final = Prepared(
-    delete(s.leases).where(
-        (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
-    )
+_RELEASE_STATEMENT: Final = delete(s.leases).where(
+    (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
 )
+_RELEASE: Final = Prepared(_RELEASE_STATEMENT)
+# The same, saying in the same statement (round trip, on a server) whether anyone waits.
+_RELEASE_RETURNING: Final = Prepared(_RELEASE_STATEMENT.returning(select(s.waiters.c.id).exists()))
 _ANY_WAITER: Final = Prepared(select(s.waiters.c.id).limit(1))
 
 
@@ -384,7 +385,11 @@ _DELETE_GRANTED: Final = Prepared(
 
 
 def grant_waiting(
-    conn: Connection, now: float, *, skip: int | None = None
+    conn: Connection,
+    now: float,
+    *,
+    skip: int | None = None,
+    anyone_waiting: bool | None = None,
 ) -> list[tuple[str, int]]:
     """Grant the waiters the fairness rule now admits; returns whom to wake after commit.
 
@@ -395,13 +400,15 @@ def grant_waiting(
     lease token becomes that waiter's lease (via ``queue``, expiring when the ticket would) in
     this transaction, so the woken waiter only reads it: one write per handoff. A ticket without
     one (queued by an older collet-limiter) is only woken, and claims for itself. ``skip`` is
-    the caller's own ticket. Returns (wake address, ticket) for every admitted ticket that has
-    an address.
+    the caller's own ticket; ``anyone_waiting`` whether anyone waits, when the caller knows (a
+    release asks in its own statement). Returns (wake address, ticket) for every admitted
+    ticket that has an address.
     """
-    cursor = _ANY_WAITER.execute(conn)
-    nobody = cursor.fetchone() is None
-    cursor.close()
-    if nobody:  # the usual case, answered by the driver alone
+    if anyone_waiting is None:
+        cursor = _ANY_WAITER.execute(conn)
+        anyone_waiting = cursor.fetchone() is not None
+        cursor.close()
+    if not anyone_waiting:  # the usual case, answered by the driver alone
         return []
     waiting = _WAITERS.rows(conn)
     limits = {key: row.limit for key, row in read_models(conn).items()}
@@ -526,12 +533,20 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
 # --- releasing and renewing --------------------------------------------------------------------
 
 
-def release(conn: Connection, lease_id: int, token: str) -> bool:
-    """Delete one lease by id and token; False when it was already gone (reclaimed)."""
-    cursor = _RELEASE.execute(conn, {"lease_id": lease_id, "lease_token": token})
+def release(conn: Connection, lease_id: int, token: str) -> tuple[bool, bool | None]:
+    """Delete one lease by id and token.
+
+    Returns whether it was there (False: already reclaimed) and, when the database can say it
+    in the same statement, whether anyone waits (None: not asked).
+    """
+    params = {"lease_id": lease_id, "lease_token": token}
+    if conn.dialect.delete_returning:
+        found = _RELEASE_RETURNING.rows(conn, params)
+        return (True, bool(found[0][0])) if found else (False, None)
+    cursor = _RELEASE.execute(conn, params)
     released = cursor.rowcount > 0
     cursor.close()
-    return bool(released)
+    return bool(released), None
 
 
 _DISCARD_LEASE: Final = Prepared(
