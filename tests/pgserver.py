@@ -18,6 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
+# Names the process that started a server, so a later run can stop one whose owner was killed
+# before it could (a SIGKILLed pytest runs no finalizer).
+OWNER_FILE: Final = "owner.pid"
 # The role the password tests connect as over TCP (scram-sha-256 on loopback).
 PASSWORD_USER: Final = "agents"
 PASSWORD: Final = "s3cret-Pa55word"
@@ -76,6 +79,7 @@ class PgServer:
 
     def start(self) -> PgServer:
         """initdb (trust on the socket, passwords on loopback) and start; returns self."""
+        (self.root / OWNER_FILE).write_text(str(os.getpid()))
         self.sockets.mkdir(parents=True)
         self.data.mkdir()
         if self._as_postgres:
@@ -143,11 +147,34 @@ class PgServer:
         return url if schema is None else f"{url}?schema={schema}"
 
 
+def stop_orphans(bindir: Path, root: Path | None = None) -> None:
+    """Stop the servers of earlier runs whose owner process is gone, and remove them."""
+    for owner in Path(root or tempfile.gettempdir()).glob(f"collet-pg-*/{OWNER_FILE}"):
+        try:
+            pid = int(owner.read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pass  # the owner died: this server is an orphan
+        except (ValueError, OSError):
+            continue  # unreadable, or another user's live process
+        else:
+            continue
+        data = owner.parent / "data"
+        command = [str(bindir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        if (data / "postmaster.pid").exists():
+            subprocess.run(command, check=False, capture_output=True, timeout=60)
+        shutil.rmtree(owner.parent, ignore_errors=True)
+
+
 def server_from_env() -> PgServer | None:
     """A started server, or None when PostgreSQL is not installed here."""
-    if find_bin() is None:
+    bindir = find_bin()
+    if bindir is None:
         return None
     root = os.environ.get("COLLET_TEST_PG_ROOT")
+    stop_orphans(bindir, Path(root) if root else None)
     server = PgServer(Path(root) if root else None)
     try:
         return server.start()
