@@ -22,8 +22,9 @@ Workloads (limit 3 unless said), each on fresh shared state, every worker a sepa
 collet-limiter runs on a SQLite file (the rows without a backend in their name) and on a
 PostgreSQL server this script starts in a temporary directory and stops at the end (``initdb``
 and ``pg_ctl`` as in the tests: ``tests/pgserver.py``), reached over its Unix socket, with the
-server's default durability (fsync and synchronous_commit on), and as a role whose
-synchronous_commit is off. ``--backends`` picks among sqlite, postgresql and peers.
+server's default durability (fsync and synchronous_commit on; collet-limiter's own sessions
+set synchronous_commit off, as its SQLite files run with synchronous=NORMAL; the psycopg peer
+keeps the default). ``--backends`` picks among sqlite, postgresql and peers.
 
 The peers' client libraries are the project's ``bench`` extra (``pip install -e '.[bench]'``);
 a peer whose library is missing is skipped. Redis runs as a ``redis-server`` this script starts
@@ -53,7 +54,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mechanisms import (
-    LAZY_COMMIT_ROLE,
     MECHANISMS,
     NEEDS,
     POSTGRES,
@@ -423,10 +423,6 @@ def postgres_server() -> Any:
     server = PgServer(durable=True)
     try:
         server.start()
-        server.psql(
-            f"CREATE ROLE {LAZY_COMMIT_ROLE} LOGIN SUPERUSER; "
-            f"ALTER ROLE {LAZY_COMMIT_ROLE} SET synchronous_commit = off;"
-        )
         yield server
     finally:
         server.stop()

@@ -2,8 +2,8 @@
 
 Each is a blocking counting semaphore of ``limit`` slots shared by processes: ``acquire()``
 blocks until a slot is held, ``release()`` gives it back. collet-limiter runs on a SQLite file
-and on PostgreSQL (a server the benchmark starts, over its Unix socket; once with the server's
-default durability, once as a role whose ``synchronous_commit`` is off). The peers are what a
+and on PostgreSQL (a server the benchmark starts with its default durability, over its Unix
+socket; collet-limiter's own sessions commit with ``synchronous_commit`` off). The peers are what a
 user would otherwise pick: a kernel POSIX named semaphore (the physical floor), the stdlib
 sqlite3 with a lease table and a 5 ms poll, portalocker's file-lock BoundedSemaphore with a 5 ms
 poll, a Redis token list with BLPOP (server push), and the sqlite3 peer's design on PostgreSQL
@@ -21,10 +21,6 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 POLL = 0.005  # the peers' poll interval, as in the issue's table
-
-# The PostgreSQL role whose commits do not wait for the WAL flush (ALTER ROLE ... SET
-# synchronous_commit = off); the superuser ``postgres`` keeps the server's default (on).
-LAZY_COMMIT_ROLE = "bench_lazy_commit"
 
 
 class Slot(Protocol):
@@ -258,7 +254,6 @@ MECHANISMS: dict[str, type[Any]] = {
     "collet-limiter (async)": ColletAsync,
     "collet-limiter (sync, PostgreSQL)": ColletSync,
     "collet-limiter (async, PostgreSQL)": ColletAsync,
-    "collet-limiter (sync, PostgreSQL, synchronous_commit=off)": ColletSync,
     "sqlite3, 5 ms poll": Sqlite3Poll,
     "portalocker, 5 ms poll": Portalocker,
     "POSIX semaphore": PosixSemaphore,
@@ -271,7 +266,6 @@ MECHANISMS: dict[str, type[Any]] = {
 POSTGRES: dict[str, str] = {
     "collet-limiter (sync, PostgreSQL)": "postgres",
     "collet-limiter (async, PostgreSQL)": "postgres",
-    "collet-limiter (sync, PostgreSQL, synchronous_commit=off)": LAZY_COMMIT_ROLE,
 }
 
 
