@@ -33,6 +33,7 @@ from ._store import (
     read_models,
     reap,
     snapshot,
+    state,
     ticket_by_token,
     ticket_exists,
     utc_text,
@@ -269,6 +270,23 @@ def _decide_now(
     return ticket, requeued, _decide(request, rows, snapshot(conn, rows, ticket), ticket)
 
 
+def _decide_first(
+    conn: Connection, request: ClaimRequest, demand: Callable[[ModelKey], ModelRow]
+) -> tuple[int | None, bool, dict[ModelKey, ModelRow], tuple[Verdict | None, list[Verdict], str]]:
+    """``_decide_now`` with the ``models`` rows read in the same round trip (and completed with
+    rows for keys the table lacks); returns (ticket, requeued, rows, decision)."""
+    rows, snap, still_queued = state(conn, request.ticket, request.ticket_token)
+    known = len(rows)
+    ensure_models(conn, rows, (request.primary, *request.chain), demand)
+    if not still_queued:  # our ticket was reaped while we were stalled: we are behind everyone
+        snap = snapshot(conn, rows, None)
+        return None, True, rows, _decide(request, rows, snap, None)
+    if len(rows) != known:
+        limits = {key: row.limit for key, row in rows.items()}
+        snap = Snapshot(limits=limits, held=snap.held, ahead=snap.ahead, cap=snap.cap)
+    return request.ticket, False, rows, _decide(request, rows, snap, request.ticket)
+
+
 def claim(
     conn: Connection,
     request: ClaimRequest,
@@ -296,9 +314,9 @@ def claim(
     fast = _try_fast(conn, request, now)
     if fast is not None:
         return ClaimResult(fast, None)
-    rows = read_models(conn)
-    ensure_models(conn, rows, (request.primary, *request.chain), demand)
-    ticket, requeued, (granted, verdicts, global_reason) = _decide_now(conn, request, rows)
+    ticket, requeued, rows, (granted, verdicts, global_reason) = _decide_first(
+        conn, request, demand
+    )
     reaped: list[Removed] = []
     if granted is None or granted is not verdicts[0]:
         # Something stood in the way of the primary: if it is dead or expired, reclaim it and

@@ -43,7 +43,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator, Mapping, Sequence
 
     from sqlalchemy.engine import URL, Connection, Engine
     from sqlalchemy.sql.expression import ClauseElement
@@ -401,8 +401,14 @@ class Prepared:
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Every result row, as named tuples (columns by position or by name)."""
-        cursor = self.execute(conn, params)
+        return self.collect(self.execute(conn, params))
+
+    def collect(self, cursor: Any) -> list[Any]:
+        """The rows of an executed cursor as named tuples (none for a statement without rows);
+        closes the cursor."""
         try:
+            if cursor.description is None:
+                return []
             fetched = cursor.fetchall()
             names = tuple(column[0] for column in cursor.description)
         finally:
@@ -421,6 +427,24 @@ class Prepared:
         finally:
             cursor.close()
         return None if row is None else row[0]
+
+
+def batch(
+    conn: Connection, items: Sequence[tuple[Prepared, Mapping[str, Any] | None]]
+) -> list[list[Any]]:
+    """Each statement's rows (``Prepared.rows``), in order.
+
+    On PostgreSQL the statements travel together in one round trip (psycopg's pipeline mode):
+    inside a write transaction every round trip is time the group's lock is held. Use it only
+    for statements none of which needs another's result. Elsewhere they run one by one.
+    """
+    if conn.dialect.name != "postgresql" or len(items) < 2:
+        return [prepared.rows(conn, params) for prepared, params in items]
+    driver: Any = conn.connection.driver_connection
+    with driver.pipeline() as pipeline:
+        cursors = [(prepared, prepared.execute(conn, params)) for prepared, params in items]
+        pipeline.sync()  # one round trip: every result is here after it
+        return [prepared.collect(cursor) for prepared, cursor in cursors]
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
-from ._engine import Prepared
+from ._engine import Prepared, batch
 from ._fairness import Snapshot, admissible
 from ._fallback import ModelRow, Via
 from ._identity import is_provably_dead
@@ -182,7 +182,11 @@ def _row_values(row: ModelRow) -> dict[str, object]:
 
 def read_models(conn: Connection) -> dict[ModelKey, ModelRow]:
     """Every row of the ``models`` table."""
-    return {model.key: model for model in map(_model_row, _SELECT_MODELS.rows(conn))}
+    return _models_from(_SELECT_MODELS.rows(conn))
+
+
+def _models_from(rows: Iterable[Any]) -> dict[ModelKey, ModelRow]:
+    return {model.key: model for model in map(_model_row, rows)}
 
 
 def ensure_models(
@@ -205,8 +209,14 @@ def read_meta(conn: Connection) -> dict[str, str]:
 
 def max_agents(conn: Connection) -> int:
     """The global cap in force (the last config written wins)."""
-    value = _SELECT_META.scalar(conn, {"meta_key": s.META_MAX_AGENTS})
-    return int(value) if value is not None else DEFAULT_MAX_AGENTS
+    return _cap_from(_SELECT_META.rows(conn, _CAP_KEY))
+
+
+_CAP_KEY: Final = {"meta_key": s.META_MAX_AGENTS}
+
+
+def _cap_from(rows: Sequence[Any]) -> int:
+    return int(rows[0][0]) if rows else DEFAULT_MAX_AGENTS
 
 
 def write_config(
@@ -306,23 +316,59 @@ def list_tickets(conn: Connection) -> list[TicketRecord]:
 
 def held_counts(conn: Connection) -> dict[ModelKey, int]:
     """Leases per model."""
-    return {ModelKey(provider, model): count for provider, model, count in _HELD.rows(conn)}
+    return _counts_from(_HELD.rows(conn))
+
+
+def _counts_from(rows: Iterable[Any]) -> dict[ModelKey, int]:
+    return {ModelKey(provider, model): count for provider, model, count in rows}
+
+
+def _waiting_query(before: int | None) -> tuple[Prepared, dict[str, Any] | None]:
+    return (_WAITING, None) if before is None else (_AHEAD, {"ticket_id": before})
 
 
 def waiting_counts(conn: Connection, before: int | None = None) -> dict[ModelKey, int]:
     """Waiters per model: all of them, or those queued before ticket ``before``."""
-    rows = _WAITING.rows(conn) if before is None else _AHEAD.rows(conn, {"ticket_id": before})
-    return {ModelKey(provider, model): count for provider, model, count in rows}
+    query, params = _waiting_query(before)
+    return _counts_from(query.rows(conn, params))
+
+
+def _counts_queries(ticket: int | None) -> list[tuple[Prepared, dict[str, Any] | None]]:
+    """Leases per model, waiters ahead of ``ticket`` per model, the global cap."""
+    return [(_HELD, None), _waiting_query(ticket), (_SELECT_META, _CAP_KEY)]
 
 
 def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | None) -> Snapshot:
     """Limits, lease counts and cap, and the waiters ahead of ``ticket``, as of this transaction."""
+    held, ahead, cap = batch(
+        conn, [(_HELD, None), _waiting_query(ticket), (_SELECT_META, _CAP_KEY)]
+    )
     return Snapshot(
         limits={key: row.limit for key, row in rows.items()},
-        held=held_counts(conn),
-        ahead=waiting_counts(conn, ticket),
-        cap=max_agents(conn),
+        held=_counts_from(held),
+        ahead=_counts_from(ahead),
+        cap=_cap_from(cap),
     )
+
+
+def state(
+    conn: Connection, ticket: int | None, ticket_token: str
+) -> tuple[dict[ModelKey, ModelRow], Snapshot, bool]:
+    """The ``models`` rows, the snapshot for ``ticket`` and whether that ticket is still queued
+    (True for no ticket), read together (one round trip on a server)."""
+    held_query = [(_HELD, None), _waiting_query(ticket), (_SELECT_META, _CAP_KEY)]
+    exists_query = (_TICKET_EXISTS, {"ticket_id": ticket or 0, "ticket_token": ticket_token})
+    models, held, ahead, cap, found = batch(
+        conn, [(_SELECT_MODELS, None), *held_query, exists_query]
+    )
+    rows = _models_from(models)
+    snap = Snapshot(
+        limits={key: row.limit for key, row in rows.items()},
+        held=_counts_from(held),
+        ahead=_counts_from(ahead),
+        cap=_cap_from(cap),
+    )
+    return rows, snap, ticket is None or bool(found[0][0])
 
 
 def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
@@ -410,28 +456,29 @@ def grant_waiting(
         cursor.close()
     if not anyone_waiting:  # the usual case, answered by the driver alone
         return []
-    waiting = _WAITERS.rows(conn)
-    limits = {key: row.limit for key, row in read_models(conn).items()}
+    waiting, models, held, cap = batch(
+        conn, [(_WAITERS, None), (_SELECT_MODELS, None), (_HELD, None), (_SELECT_META, _CAP_KEY)]
+    )
     tickets = admissible(
         [(row.id, ModelKey(row.provider, row.model)) for row in waiting],
-        limits,
-        held_counts(conn),
-        max_agents(conn),
+        {key: row.limit for key, row in _models_from(models).items()},
+        _counts_from(held),
+        _cap_from(cap),
     )
     by_id = {row.id: row for row in waiting}
     tickets = [t for t in tickets if t != skip]
     granted = [t for t in tickets if by_id[t].lease_token is not None]
     granted_at = utc_text(now) if granted else ""
+    writes: list[tuple[Prepared, dict[str, Any] | None]] = []
     for ticket in granted:  # in queue order, so lease ids follow it
         params = {"granted_id": ticket, "granted_ts": now, "granted_at": granted_at}
-        _GRANT_LEASE.execute(conn, params).close()
-        _DELETE_GRANTED.execute(conn, {"granted_id": ticket}).close()
+        writes += [(_GRANT_LEASE, params), (_DELETE_GRANTED, {"granted_id": ticket})]
     targets = [(by_id[t].wake_addr, t) for t in tickets if by_id[t].wake_addr]
-    if targets and conn.dialect.name == "postgresql":
-        for channel, ticket in targets:
-            _NOTIFY.execute(conn, {"channel": channel, "payload": str(ticket)}).close()
-        return []
-    return targets
+    on_server = conn.dialect.name == "postgresql"
+    if on_server:
+        writes += [(_NOTIFY, {"channel": c, "payload": str(t)}) for c, t in targets]
+    batch(conn, writes)
+    return [] if on_server else targets
 
 
 # A waiter's wake-up on PostgreSQL: its limiter's channel, its ticket as the payload.
@@ -504,9 +551,13 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
             )
         return verdicts[(pid, pid_start)]
 
-    for kind, table in (("lease", s.leases), ("ticket", s.waiters)):
+    params = {"now": now, "my_host": my_host}
+    found = batch(conn, [(_REAPABLE["lease"], params), (_REAPABLE["ticket"], params)])
+    for (kind, table), candidates in zip(
+        (("lease", s.leases), ("ticket", s.waiters)), found, strict=True
+    ):
         doomed: list[int] = []
-        for row in _REAPABLE[kind].rows(conn, {"now": now, "my_host": my_host}):
+        for row in candidates:
             if row.expires_ts < now:
                 reason = "expired"
             elif dead(row.pid, row.pid_start):
