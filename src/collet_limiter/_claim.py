@@ -16,24 +16,30 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Integer, and_, bindparam, cast, delete, exists, func, insert, select
 
 from . import _schema as s
-from ._engine import Prepared
+from ._engine import Prepared, batch
 from ._fairness import Snapshot, ahead_of_each
 from ._fallback import Candidate, Via, plan
 from ._keys import ModelKey
 from ._store import (
     LeaseRecord,
     Outlook,
+    Query,
     Removed,
+    State,
     ensure_models,
     grant_waiting,
     held_counts,
     lease_by_token,
+    lease_from,
+    lease_query,
     max_agents,
     outlook,
     read_models,
     reap,
     snapshot,
     state,
+    state_from,
+    state_queries,
     ticket_by_token,
     ticket_exists,
     utc_text,
@@ -148,8 +154,11 @@ _FAST_HEAD: Final[Insert] = _conditional_insert(
         & (s.waiters.c.token == bindparam("ticket_token"))
     ),
 )
-_FAST_FRESH_RETURNING: Final = Prepared(_FAST_FRESH.returning(s.leases.c.id))
-_FAST_HEAD_RETURNING: Final = Prepared(_FAST_HEAD.returning(s.leases.c.id))
+# The same, returning the new lease's id; by whether the request holds the head's ticket.
+_FAST_RETURNING: Final = {
+    False: Prepared(_FAST_FRESH.returning(s.leases.c.id)),
+    True: Prepared(_FAST_HEAD.returning(s.leases.c.id)),
+}
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
 _DELETE_TICKET: Final = Prepared(delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id")))
 _INSERT_LEASE: Final = insert(s.leases)
@@ -203,15 +212,29 @@ def _record(values: dict[str, Any], lease_id: int) -> LeaseRecord:
     )
 
 
-def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecord | None:
+def _fast(request: ClaimRequest, now: float) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """The one-statement attempt's lease values and parameters, and whether it is the head's."""
     ticket = request.ticket
     via: Via = "primary" if ticket is None else "queue"
     values = _lease_values(request, request.primary, via, now)
     params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
-    statement, returning = _FAST_FRESH, _FAST_FRESH_RETURNING
     if ticket is not None:
         params |= {"ticket_id": ticket, "ticket_token": request.ticket_token}
-        statement, returning = _FAST_HEAD, _FAST_HEAD_RETURNING
+    return values, params, ticket is not None
+
+
+def _fast_granted(
+    conn: Connection, request: ClaimRequest, values: dict[str, Any], lease_id: int
+) -> LeaseRecord:
+    """The lease the one-statement attempt inserted; the head's ticket goes."""
+    if request.ticket is not None:
+        _DELETE_TICKET.execute(conn, {"ticket_id": request.ticket}).close()
+    return _record(values, lease_id)
+
+
+def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecord | None:
+    values, params, head = _fast(request, now)
+    statement, returning = _FAST_HEAD if head else _FAST_FRESH, _FAST_RETURNING[head]
     if conn.dialect.insert_returning:  # SQLite >= 3.35, PostgreSQL: the id in the same statement
         inserted = returning.scalar(conn, params)
         if inserted is None:
@@ -221,9 +244,47 @@ def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecor
         if not conn.execute(statement, params).rowcount:
             return None
         lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
-    if ticket is not None:
-        _DELETE_TICKET.execute(conn, {"ticket_id": ticket}).close()
-    return _record(values, lease_id)
+    return _fast_granted(conn, request, values, lease_id)
+
+
+def _first_look(
+    conn: Connection, request: ClaimRequest, now: float
+) -> tuple[LeaseRecord | None, State | None]:
+    """The lease a release granted the request already, or the one-statement attempt's; on a
+    server also the general path's state, read in the same round trip."""
+    if conn.dialect.name == "postgresql":
+        return _first_trip(conn, request, now)
+    if request.ticket is not None:
+        granted_already = lease_by_token(conn, request.token)
+        if granted_already is not None:  # a release granted it from our ticket
+            return granted_already, None
+    return _try_fast(conn, request, now), None
+
+
+def _first_trip(
+    conn: Connection, request: ClaimRequest, now: float
+) -> tuple[LeaseRecord | None, State]:
+    """On a server: the lease a release may have granted the request, the one-statement
+    attempt and the general path's reads, in one round trip (under the group's lock every
+    round trip counts). At most one of the first two finds or writes a lease: a granted
+    ticket is gone, and the head's attempt needs its ticket. Returns the lease, if any, and
+    the state (read before the attempt's insert, so valid when it inserted nothing)."""
+    values, params, head = _fast(request, now)
+    queries: list[Query] = [lease_query(request.token)] if head else []
+    queries += [
+        (_FAST_RETURNING[head], params),
+        *state_queries(request.ticket, request.ticket_token),
+    ]
+    results = batch(conn, queries)
+    if head:
+        granted_already = lease_from(results.pop(0))
+        if granted_already is not None:  # a release granted it from our ticket
+            return granted_already, state_from(results[1:], request.ticket)
+    inserted = results.pop(0)
+    state_now = state_from(results, request.ticket)
+    if inserted:
+        return _fast_granted(conn, request, values, int(inserted[0][0])), state_now
+    return None, state_now
 
 
 # --- the general path --------------------------------------------------------------------------
@@ -271,11 +332,15 @@ def _decide_now(
 
 
 def _decide_first(
-    conn: Connection, request: ClaimRequest, demand: Callable[[ModelKey], ModelRow]
+    conn: Connection,
+    request: ClaimRequest,
+    demand: Callable[[ModelKey], ModelRow],
+    prefetched: State | None = None,
 ) -> tuple[int | None, bool, dict[ModelKey, ModelRow], tuple[Verdict | None, list[Verdict], str]]:
     """``_decide_now`` with the ``models`` rows read in the same round trip (and completed with
-    rows for keys the table lacks); returns (ticket, requeued, rows, decision)."""
-    rows, snap, still_queued = state(conn, request.ticket, request.ticket_token)
+    rows for keys the table lacks), or with the state the caller read already; returns
+    (ticket, requeued, rows, decision)."""
+    rows, snap, still_queued = prefetched or state(conn, request.ticket, request.ticket_token)
     known = len(rows)
     ensure_models(conn, rows, (request.primary, *request.chain), demand)
     if not still_queued:  # our ticket was reaped while we were stalled: we are behind everyone
@@ -307,15 +372,11 @@ def claim(
         if isinstance(recovered, ClaimResult):
             return recovered
         request = recovered
-    if request.ticket is not None:
-        granted_already = lease_by_token(conn, request.token)
-        if granted_already is not None:  # a release granted it from our ticket
-            return ClaimResult(granted_already, None)
-    fast = _try_fast(conn, request, now)
+    fast, prefetched = _first_look(conn, request, now)
     if fast is not None:
         return ClaimResult(fast, None)
     ticket, requeued, rows, (granted, verdicts, global_reason) = _decide_first(
-        conn, request, demand
+        conn, request, demand, prefetched
     )
     reaped: list[Removed] = []
     if granted is None or granted is not verdicts[0]:

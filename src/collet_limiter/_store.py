@@ -333,7 +333,11 @@ def waiting_counts(conn: Connection, before: int | None = None) -> dict[ModelKey
     return _counts_from(query.rows(conn, params))
 
 
-def _counts_queries(ticket: int | None) -> list[tuple[Prepared, dict[str, Any] | None]]:
+# A prepared statement and its parameters, as ``batch`` takes them.
+Query = tuple[Prepared, "dict[str, Any] | None"]
+
+
+def _counts_queries(ticket: int | None) -> list[Query]:
     """Leases per model, waiters ahead of ``ticket`` per model, the global cap."""
     return [(_HELD, None), _waiting_query(ticket), (_SELECT_META, _CAP_KEY)]
 
@@ -351,16 +355,18 @@ def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | Non
     )
 
 
-def state(
-    conn: Connection, ticket: int | None, ticket_token: str
-) -> tuple[dict[ModelKey, ModelRow], Snapshot, bool]:
-    """The ``models`` rows, the snapshot for ``ticket`` and whether that ticket is still queued
-    (True for no ticket), read together (one round trip on a server)."""
-    held_query = [(_HELD, None), _waiting_query(ticket), (_SELECT_META, _CAP_KEY)]
+State = tuple[dict[ModelKey, ModelRow], Snapshot, bool]
+
+
+def state_queries(ticket: int | None, ticket_token: str) -> list[Query]:
+    """The reads of ``state``, for a caller that sends them with others (``batch``)."""
     exists_query = (_TICKET_EXISTS, {"ticket_id": ticket or 0, "ticket_token": ticket_token})
-    models, held, ahead, cap, found = batch(
-        conn, [(_SELECT_MODELS, None), *held_query, exists_query]
-    )
+    return [(_SELECT_MODELS, None), *_counts_queries(ticket), exists_query]
+
+
+def state_from(results: Sequence[list[Any]], ticket: int | None) -> State:
+    """``state`` from the rows of ``state_queries``."""
+    models, held, ahead, cap, found = results
     rows = _models_from(models)
     snap = Snapshot(
         limits={key: row.limit for key, row in rows.items()},
@@ -369,6 +375,12 @@ def state(
         cap=_cap_from(cap),
     )
     return rows, snap, ticket is None or bool(found[0][0])
+
+
+def state(conn: Connection, ticket: int | None, ticket_token: str) -> State:
+    """The ``models`` rows, the snapshot for ``ticket`` and whether that ticket is still queued
+    (True for no ticket), read together (one round trip on a server)."""
+    return state_from(batch(conn, state_queries(ticket, ticket_token)), ticket)
 
 
 def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
@@ -490,7 +502,16 @@ _LEASE_BY_TOKEN: Final = Prepared(select(s.leases).where(s.leases.c.token == bin
 
 def lease_by_token(conn: Connection, token: str) -> LeaseRecord | None:
     """The lease stored under ``token`` (granted to a waiter by someone else's release)."""
-    found = _LEASE_BY_TOKEN.rows(conn, {"token": token})
+    return lease_from(_LEASE_BY_TOKEN.rows(conn, {"token": token}))
+
+
+def lease_query(token: str) -> Query:
+    """The read of ``lease_by_token``, for a caller that sends it with others (``batch``)."""
+    return (_LEASE_BY_TOKEN, {"token": token})
+
+
+def lease_from(found: Sequence[Any]) -> LeaseRecord | None:
+    """``lease_by_token`` from the rows of ``lease_query``."""
     if not found:
         return None
     row = found[0]
