@@ -178,7 +178,8 @@ def test_hosts_with_skewed_clocks_never_over_admit_and_dead_holders_return_withi
             prefix = NEW_PID_NAMESPACE if index >= 2 else ()
             args = ["--db", group, "--config", str(config_file), "--events", str(path)]
             args += ["--models", str(KEY), "--count", "8", "--seed", str(index)]
-            args += ["--hold-ms", "5", "--ttl", str(ttl), "--clock-skew", str(skew)]
+            # Holds long beside a transaction under load, so that the two slots are seen full.
+            args += ["--hold-ms", "30", "--ttl", str(ttl), "--clock-skew", str(skew)]
             churners.append(start_worker("churn", *args, prefix=prefix))
         # Every churner queues behind the two holders (who renew) before they go.
         deadline = time.monotonic() + TIMEOUT
@@ -291,7 +292,7 @@ def test_a_restart_in_the_middle_of_sixteen_processes_over_admits_nothing(
             "--seed",
             str(index),
             "--hold-ms",
-            "4",
+            "30",
             "--async-tasks",
             tasks,
         )
