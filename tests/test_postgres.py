@@ -664,3 +664,33 @@ def test_a_claim_retried_after_a_lost_commit_takes_up_what_it_wrote(group: str) 
         assert (again.lease, again.ticket) == (None, first.ticket)  # type: ignore[attr-defined]
         assert rows(group, "SELECT count(*) FROM waiters") == [(1,)]
         runtime.write(core.release_owner)
+
+
+def test_listen_off_makes_waiters_poll_without_a_channel(group: str) -> None:
+    """``?listen=off`` (for a pooler in transaction mode, where LISTEN cannot work): tickets
+    carry no channel, nothing LISTENs, and a waiter is served by polling."""
+    config = make_config(**ONE_MODEL)
+    quiet = group + "&listen=off"
+    with (
+        Limiter(group, config=config) as holder,
+        Limiter(quiet, config=config, poll_interval=0.02) as waiting,
+    ):
+        held = [holder.acquire(KEY), holder.acquire(KEY)]
+        got: list[object] = []
+        thread = threading.Thread(target=lambda: got.append(waiting.acquire_wait(KEY, timeout=30)))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while rows(group, "SELECT count(*) FROM waiters") != [(1,)]:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert rows(group, "SELECT wake_addr FROM waiters") == [(None,)]
+        held[0].release()
+        thread.join(30)
+        assert got and getattr(got[0], "via", None) == "queue"
+        channel = f"collet_{waiting._core.owner}"
+        listening = rows(group, "SELECT query FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+        assert not [query for (query,) in listening if channel in str(query)]
+        got[0].release()  # type: ignore[attr-defined]
+        held[1].release()
+    with pytest.raises(ConfigError, match="listen='maybe' must be on or off"):
+        Limiter(group + "&listen=maybe", config=config)

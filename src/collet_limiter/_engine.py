@@ -72,6 +72,7 @@ class Target:
     path: Path | None
     schema: str | None = None
     shown: str | None = None
+    listen: bool = True  # PostgreSQL: wake waiters by LISTEN/NOTIFY (else they poll)
 
     @property
     def display(self) -> str:
@@ -156,14 +157,21 @@ def _postgres_target(url: URL, shown: str) -> Target:
             path=shown,
         )
     schema = str(url.query.get("schema") or DEFAULT_SCHEMA)
+    listen_text = str(url.query.get("listen") or "on").lower()
+    if listen_text not in ("on", "off"):
+        raise ConfigError(
+            f"{shown}: listen={listen_text!r} must be on or off (off: waiters poll, for "
+            "connection poolers in transaction mode)",
+            path=shown,
+        )
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError(
             f"{shown}: schema {schema!r} is not a valid limiter group name; use lowercase "
             "letters, digits and underscores, starting with a letter (at most 63)",
             path=shown,
         )
-    url = url.set(drivername="postgresql+psycopg").difference_update_query(["schema"])
-    return Target(url, None, schema=schema, shown=shown)
+    url = url.set(drivername="postgresql+psycopg").difference_update_query(["schema", "listen"])
+    return Target(url, None, schema=schema, shown=shown, listen=listen_text == "on")
 
 
 def _on_connect(busy_timeout_ms: int) -> Any:

@@ -27,8 +27,13 @@ if TYPE_CHECKING:
 class PgListener:
     """The ``LISTEN`` connection a limiter's waiters are woken through."""
 
-    def __init__(self, engine: Engine, channel: str, *, retry_secs: float) -> None:
-        self.address = channel
+    def __init__(
+        self, engine: Engine, channel: str, *, retry_secs: float, enabled: bool = True
+    ) -> None:
+        # Disabled (``?listen=off``), the limiter's tickets carry no channel and it never
+        # listens: its waiters poll, every poll interval, as when the connection is down.
+        self.address = channel if enabled else None
+        self._channel, self._enabled = channel, enabled
         self._engine = engine
         self._retry_secs = retry_secs
         self._pid = os.getpid()  # a forked child must not close its parent's connection
@@ -46,7 +51,7 @@ class PgListener:
         """Listen, unless already listening or a failed attempt was too recent; True if up."""
         if self._raw is not None:
             return True
-        if monotonic() < self._next_try:
+        if not self._enabled or monotonic() < self._next_try:
             return False
         self._next_try = monotonic() + self._retry_secs
         raw: Any = None
@@ -56,9 +61,9 @@ class PgListener:
             raw.detach()  # never returned to the pool: it stays in LISTEN mode
             from psycopg import sql
 
-            pg.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.address)))
+            pg.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
         except Exception as exc:  # noqa: BLE001 - the database is down: the watcher polls
-            log.debug("cannot listen for wake-ups on %s: %s", self.address, exc)
+            log.debug("cannot listen for wake-ups on %s: %s", self._channel, exc)
             if raw is not None:
                 with contextlib.suppress(Exception):
                     raw.close()
@@ -89,7 +94,7 @@ class PgListener:
                 with contextlib.suppress(ValueError):
                     tickets.add(int(notice.extra.decode()))
         except Exception as exc:  # noqa: BLE001 - psycopg's OperationalError: the link broke
-            log.debug("wake-up connection for %s lost: %s", self.address, exc)
+            log.debug("wake-up connection for %s lost: %s", self._channel, exc)
             self._drop()
             return None
         return tickets

@@ -228,7 +228,10 @@ class Runtime:
                     from ._pglisten import PgListener
 
                     self.wake_socket = PgListener(
-                        self.engine, f"collet_{core.owner}", retry_secs=core.poll_interval
+                        self.engine,
+                        f"collet_{core.owner}",
+                        retry_secs=core.poll_interval,
+                        enabled=core.target.listen,
                     )
                 else:
                     self.wake_socket = WakeSocket(core.sharing)
