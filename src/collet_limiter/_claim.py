@@ -250,9 +250,13 @@ def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecor
 def _first_look(
     conn: Connection, request: ClaimRequest, now: float
 ) -> tuple[LeaseRecord | None, State | None]:
-    """The lease a release granted the request already, or the one-statement attempt's; on a
-    server also the general path's state, read in the same round trip."""
-    if conn.dialect.name == "postgresql":
+    """The lease a release granted the request already, or the one-statement attempt's; for a
+    queued request on a server also the general path's state, read in the same round trip.
+
+    Not for a fresh request: it is usually granted by the attempt alone, and sending the reads
+    with it made an uncontended cycle about a third slower (one process, 1,000 cycles: 646-825
+    against 960-1,283 cycles/s)."""
+    if conn.dialect.name == "postgresql" and request.ticket is not None:
         return _first_trip(conn, request, now)
     if request.ticket is not None:
         granted_already = lease_by_token(conn, request.token)
