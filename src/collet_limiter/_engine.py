@@ -149,7 +149,7 @@ def _hide_password(text: str) -> str:
 def _postgres_target(url: URL, shown: str) -> Target:
     from ._errors import ConfigError
 
-    if url.drivername not in ("postgresql", "postgresql+psycopg", "postgres"):
+    if url.drivername not in ("postgresql", "postgresql+psycopg"):
         # postgresql:// alone means psycopg 3 here (SQLAlchemy's default would be psycopg2).
         raise ConfigError(
             f"{shown}: collet-limiter uses the psycopg (3) driver; write the URL as "
@@ -167,7 +167,7 @@ def _postgres_target(url: URL, shown: str) -> Target:
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError(
             f"{shown}: schema {schema!r} is not a valid limiter group name; use lowercase "
-            "letters, digits and underscores, starting with a letter (at most 63)",
+            "letters, digits and underscores, not starting with a digit (at most 63)",
             path=shown,
         )
     url = url.set(drivername="postgresql+psycopg").difference_update_query(["schema", "listen"])
