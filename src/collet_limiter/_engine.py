@@ -449,10 +449,36 @@ def batch(
     if conn.dialect.name != "postgresql" or len(items) < 2:
         return [prepared.rows(conn, params) for prepared, params in items]
     driver: Any = conn.connection.driver_connection
-    with driver.pipeline() as pipeline:
-        cursors = [(prepared, prepared.execute(conn, params)) for prepared, params in items]
-        pipeline.sync()  # one round trip: every result is here after it
-        return [prepared.collect(cursor) for prepared, cursor in cursors]
+    try:
+        with driver.pipeline() as pipeline:
+            cursors = [(prepared, prepared.execute(conn, params)) for prepared, params in items]
+            pipeline.sync()  # one round trip: every result is here after it
+            return [prepared.collect(cursor) for prepared, cursor in cursors]
+    except Exception as exc:
+        # The link broke inside pipeline mode (a server restart ends the session): psycopg may
+        # then fail to leave the mode ("cannot exit pipeline mode while busy") and keep the
+        # connection looking open. Close it, so the caller sees it lost and retries.
+        if any(_link_error(c) for c in _chain(exc)):
+            driver.close()
+        raise
+
+
+def _link_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is psycopg's OperationalError (or a subclass): the link, not a statement."""
+    return any(
+        k.__name__ == "OperationalError" and k.__module__.startswith("psycopg")
+        for k in type(exc).__mro__
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """An exception and the ones it was raised from or during."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
 
 
 @contextlib.contextmanager
