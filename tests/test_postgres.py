@@ -231,9 +231,7 @@ def test_a_server_restart_keeps_held_leases_and_queued_waiters_in_place(
         got: list[object] = []
         thread = threading.Thread(target=lambda: got.append(waiting.acquire_wait(KEY, timeout=60)))
         thread.start()
-        deadline = time.monotonic() + 10
-        while not rows(url, "SELECT id FROM waiters") and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_one_ticket(url)
         (ticket,) = rows(url, "SELECT id FROM waiters")
         own_server.restart()
         assert holder.renew() == [], "the heartbeat reconnects and finds both leases"
@@ -438,6 +436,14 @@ def test_the_async_face_works_on_the_server_off_its_event_loop(group: str) -> No
 def test_a_postgresql_url_with_another_driver_is_refused_with_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"postgresql\+psycopg://"):
         Limiter("postgresql+asyncpg://u@h/db", config=Config())
+
+
+def wait_for_one_ticket(url: str) -> None:
+    """Until exactly one waiter is queued in the group ``url`` names."""
+    deadline = time.monotonic() + 30
+    while rows(url, "SELECT count(*) FROM waiters") != [(1,)]:
+        assert time.monotonic() < deadline, "the waiter never queued"
+        time.sleep(0.005)
 
 
 def wait_until_listening(group: str) -> None:
@@ -679,10 +685,7 @@ def test_listen_off_makes_waiters_poll_without_a_channel(group: str) -> None:
         got: list[object] = []
         thread = threading.Thread(target=lambda: got.append(waiting.acquire_wait(KEY, timeout=30)))
         thread.start()
-        deadline = time.monotonic() + 30
-        while rows(group, "SELECT count(*) FROM waiters") != [(1,)]:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_for_one_ticket(group)
         assert rows(group, "SELECT wake_addr FROM waiters") == [(None,)]
         held[0].release()
         thread.join(30)
