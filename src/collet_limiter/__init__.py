@@ -37,6 +37,7 @@ if _typing.TYPE_CHECKING:
     from ._results import (
         Acquired,
         CandidateReport,
+        Cooldown,
         Explanation,
         LeaseInfo,
         ModelStatus,
@@ -63,6 +64,7 @@ _LAZY: _typing.Final = {
         (
             "Acquired",
             "CandidateReport",
+            "Cooldown",
             "Explanation",
             "LeaseInfo",
             "ModelStatus",
@@ -86,6 +88,7 @@ __all__ = [
     "CandidateReport",
     "Config",
     "ConfigError",
+    "Cooldown",
     "CostTier",
     "DatabaseBusyError",
     "DatabaseCorruptError",

@@ -18,8 +18,8 @@ import weakref
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Core
-from ._errors import AsyncContextError, ConfigError, LimiterClosedError
+from ._core import Core, Retries, log
+from ._errors import AsyncContextError, ConfigError, LimiterClosedError, LimiterError
 from ._lease import BaseLease
 from ._results import Acquired, QueueWait
 from ._runtime import NOT_NOW, Claim, NotNow, Runtime, Wait, Waiter, abandon
@@ -27,7 +27,7 @@ from ._runtime import NOT_NOW, Claim, NotNow, Runtime, Wait, Waiter, abandon
 if TYPE_CHECKING:
     import concurrent.futures
     import os
-    from collections.abc import Callable, Generator, Iterable
+    from collections.abc import Awaitable, Callable, Generator, Iterable
     from types import TracebackType
 
     from sqlalchemy.engine import Connection
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._claim import ClaimRequest
     from ._config import Config
     from ._keys import ModelKey
-    from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
+    from ._results import Cooldown, Explanation, LeaseInfo, Reaped, Status, TicketInfo
     from ._runtime import Step
     from ._store import LeaseRecord
 
@@ -68,6 +68,36 @@ class AsyncLease(BaseLease):
                 self._released = False
                 raise
 
+    async def report_rate_limited(
+        self, retry_after: float | None = None, *, quota: bool = False, reason: str | None = None
+    ) -> Cooldown:
+        """Tell every process that the provider refused a call on ``lease.key`` for load.
+
+        As ``Lease.report_rate_limited``: the model cools down for ``retry_after`` seconds
+        (``[limiter] cooldown_secs`` when None; ``quota_cooldown_secs`` with ``quota=True``),
+        and with ``[limiter] adaptive`` its limit drops. Does not release the lease.
+        """
+        refusal = self._refusal(retry_after, quota=quota, reason=reason)
+        return await self._limiter._transact(  # noqa: SLF001 - the lease's own limiter
+            partial(self._runtime.report, self.key, **refusal)
+        )
+
+    async def _exit(self, exc: BaseException | None) -> None:
+        """Report ``exc`` if it is the provider refusing for load, then release."""
+        refusal = self._refusal_in(exc)
+        try:
+            if refusal is not None:
+                try:
+                    await self._limiter._transact(  # noqa: SLF001 - the lease's own limiter
+                        partial(self._runtime.report, self.key, **refusal)
+                    )
+                except LimiterError as error:
+                    log.warning(
+                        "could not record the provider's refusal on %s: %s", self.key, error
+                    )
+        finally:
+            await self.release()
+
     async def __aenter__(self) -> AsyncLease:
         return self
 
@@ -77,7 +107,9 @@ class AsyncLease(BaseLease):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.release()
+        """Release; first report ``exc`` if it is a provider's rate-limit refusal (see
+        ``Lease.__exit__``). The exception propagates either way."""
+        await self._exit(exc)
 
     def __enter__(self) -> AsyncLease:
         raise AsyncContextError(_WITH_MESSAGE.format(name="AsyncLease"))
@@ -110,7 +142,7 @@ class _Acquiring:
         tb: TracebackType | None,
     ) -> None:
         if self._lease is not None:
-            await self._lease.release()
+            await self._lease._exit(exc)  # noqa: SLF001 - the lease this context made
 
     def __enter__(self) -> AsyncLease:
         raise AsyncContextError(_WITH_MESSAGE.format(name="AsyncLimiter.acquire()"))
@@ -345,6 +377,35 @@ class AsyncLimiter:
             return outcome
 
         return _Acquiring(start)
+
+    async def call(
+        self,
+        primary: ModelKey | str,
+        fn: Callable[[AsyncLease], Awaitable[T]],
+        fallback_chain: Iterable[ModelKey | str] | str | None = None,
+        *,
+        attempts: int = 3,
+        timeout: float | None = None,
+        holder: str | None = None,
+    ) -> T:
+        """``await fn(lease)`` under a lease, moving to another model when the provider refuses.
+
+        As ``Limiter.call``: a rate-limit error raised by ``fn`` is reported (the model cools
+        down for every process) and the call is made again on a new lease, up to ``attempts``
+        calls; other exceptions and the last refusal propagate; ``timeout`` bounds the whole
+        call's waiting for leases. Pass ``max_retries=0`` to the SDK client.
+        """
+        plan = Retries(attempts, timeout)
+        while True:
+            lease = await self.acquire(
+                primary, fallback_chain, timeout=plan.remaining(), holder=holder
+            )
+            try:
+                async with lease:  # reports a refusal, then releases
+                    return await fn(lease)
+            except Exception as exc:
+                if not plan.again(exc):
+                    raise
 
     async def _acquire(
         self, request: ClaimRequest, *, wait: bool, timeout: float | None

@@ -32,6 +32,7 @@ from ._store import (
     lease_by_token,
     lease_from,
     lease_query,
+    make_snapshot,
     max_agents,
     outlook,
     read_models,
@@ -122,9 +123,18 @@ def _room_ahead_of(ticket: Any) -> Any:
     lease_on = (s.leases.c.provider == provider) & (s.leases.c.model == model)
     ahead = s.waiters.c.id < ticket
     ahead_on = ahead & (s.waiters.c.provider == provider) & (s.waiters.c.model == model)
+    # Only a model that learned nothing takes this path: one cooling down, or with an adaptive
+    # limit, has no limit here (NULL), and goes on to the general path, which applies _cooldown.
+    now: Any = bindparam("v_acquired_ts")
+    until = s.models.c.cooldown_until_ts
     limit = (
         select(s.models.c.concurrency_limit)
-        .where((s.models.c.provider == provider) & (s.models.c.model == model))
+        .where(
+            (s.models.c.provider == provider)
+            & (s.models.c.model == model)
+            & s.models.c.effective_limit.is_(None)
+            & (until.is_(None) | (until <= now))
+        )
         .scalar_subquery()
     )
     cap = (
@@ -283,9 +293,9 @@ def _first_trip(
     if head:
         granted_already = lease_from(results.pop(0))
         if granted_already is not None:  # a release granted it from our ticket
-            return granted_already, state_from(results[1:], request.ticket)
+            return granted_already, state_from(results[1:], request.ticket, now)
     inserted = results.pop(0)
-    state_now = state_from(results, request.ticket)
+    state_now = state_from(results, request.ticket, now)
     if inserted:
         return _fast_granted(conn, request, values, int(inserted[0][0])), state_now
     return None, state_now
@@ -326,33 +336,33 @@ def _decide(
 
 
 def _decide_now(
-    conn: Connection, request: ClaimRequest, rows: dict[ModelKey, ModelRow]
+    conn: Connection, request: ClaimRequest, rows: dict[ModelKey, ModelRow], now: float
 ) -> tuple[int | None, bool, tuple[Verdict | None, list[Verdict], str]]:
     """Read the snapshot for the request and decide; returns (ticket, requeued, decision)."""
     ticket, requeued = request.ticket, False
     if ticket is not None and not ticket_exists(conn, ticket, request.ticket_token):
         ticket, requeued = None, True  # our ticket was reaped while we were stalled
-    return ticket, requeued, _decide(request, rows, snapshot(conn, rows, ticket), ticket)
+    return ticket, requeued, _decide(request, rows, snapshot(conn, rows, ticket, now), ticket)
 
 
 def _decide_first(
     conn: Connection,
     request: ClaimRequest,
     demand: Callable[[ModelKey], ModelRow],
+    now: float,
     prefetched: State | None = None,
 ) -> tuple[int | None, bool, dict[ModelKey, ModelRow], tuple[Verdict | None, list[Verdict], str]]:
     """``_decide_now`` with the ``models`` rows read in the same round trip (and completed with
     rows for keys the table lacks), or with the state the caller read already; returns
     (ticket, requeued, rows, decision)."""
-    rows, snap, still_queued = prefetched or state(conn, request.ticket, request.ticket_token)
+    rows, snap, still_queued = prefetched or state(conn, request.ticket, request.ticket_token, now)
     known = len(rows)
     ensure_models(conn, rows, (request.primary, *request.chain), demand)
     if not still_queued:  # our ticket was reaped while we were stalled: we are behind everyone
-        snap = snapshot(conn, rows, None)
+        snap = snapshot(conn, rows, None, now)
         return None, True, rows, _decide(request, rows, snap, None)
     if len(rows) != known:
-        limits = {key: row.limit for key, row in rows.items()}
-        snap = Snapshot(limits=limits, held=snap.held, ahead=snap.ahead, cap=snap.cap)
+        snap = make_snapshot(rows, now, held=snap.held, ahead=snap.ahead, cap=snap.cap)
     return request.ticket, False, rows, _decide(request, rows, snap, request.ticket)
 
 
@@ -380,7 +390,7 @@ def claim(
     if fast is not None:
         return ClaimResult(fast, None)
     ticket, requeued, rows, (granted, verdicts, global_reason) = _decide_first(
-        conn, request, demand, prefetched
+        conn, request, demand, now, prefetched
     )
     reaped: list[Removed] = []
     if granted is None or granted is not verdicts[0]:
@@ -389,7 +399,7 @@ def claim(
         reaped = reap(conn, now, my_host=request.holder.host_id)
         if reaped:
             again, requeued_now, (granted, verdicts, global_reason) = _decide_now(
-                conn, replace(request, ticket=ticket), rows
+                conn, replace(request, ticket=ticket), rows, now
             )
             ticket, requeued = again, requeued or requeued_now
 
@@ -455,7 +465,7 @@ def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
 
 
 def could_grant(
-    conn: Connection, requests: Sequence[ClaimRequest], my_host: str
+    conn: Connection, requests: Sequence[ClaimRequest], my_host: str, now: float
 ) -> tuple[list[bool], Outlook]:
     """For queued requests, whether each would be granted now, read without any lock.
 
@@ -466,7 +476,6 @@ def could_grant(
     holders worth watching for death and the next expiry.
     """
     rows = read_models(conn)
-    limits = {key: row.limit for key, row in rows.items()}
     held, cap = held_counts(conn), max_agents(conn)
     waiting = waiters_detail(conn)
     queue = [(row.id, ModelKey(row.provider, row.model)) for row in waiting]
@@ -477,9 +486,9 @@ def could_grant(
         if request.primary not in rows or counts is None:
             answers.append(True)  # a config rewrite or a reaped ticket: claim sorts it out
         else:
-            snap = Snapshot(limits=limits, held=held, ahead=counts, cap=cap)
+            snap = make_snapshot(rows, now, held=held, ahead=counts, cap=cap)
             answers.append(snap.admits(request.primary))
-    return answers, outlook(conn, waiting, my_host)
+    return answers, outlook(conn, waiting, my_host, rows, now)
 
 
 def explain(
@@ -487,12 +496,13 @@ def explain(
     primary: ModelKey,
     chain: Sequence[ModelKey],
     demand: Callable[[ModelKey], ModelRow],
+    now: float,
 ) -> tuple[list[Verdict], str]:
-    """Every candidate with its verdict for a fresh request, without writing anything."""
+    """Every candidate with its verdict for a fresh request at ``now``, writing nothing."""
     rows = read_models(conn)
     for key in (primary, *chain):
         rows.setdefault(key, demand(key))
-    snap = snapshot(conn, rows, None)
+    snap = snapshot(conn, rows, None, now)
     global_ok, global_reason = snap.global_verdict()
     verdicts: list[Verdict] = []
     for candidate in plan(primary, chain, rows):

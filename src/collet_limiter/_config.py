@@ -118,6 +118,14 @@ class LimiterSettings(BaseModel):
     max_poll_interval_ms: Annotated[float, Field(gt=0)] = 1000.0
     busy_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
     group: Annotated[str, Field(min_length=1)] | None = None  # share the files with this group
+    # Learning from the providers' refusals (see _cooldown): how long a reported 429 without a
+    # Retry-After, and a quota refusal, cool the model; adaptive limits and their recovery; and
+    # the random spread of the wake-ups of waiters whose model's cooldown ended.
+    cooldown_secs: Annotated[float, Field(gt=0)] = 30.0
+    quota_cooldown_secs: Annotated[float, Field(gt=0)] = 3600.0
+    adaptive: bool = False
+    adaptive_recover_secs: Annotated[float, Field(gt=0)] = 60.0
+    cooldown_spread_ms: Annotated[float, Field(ge=0)] = 200.0
 
 
 class Config(_Open):

@@ -21,14 +21,22 @@ from typing import TYPE_CHECKING, Final
 from . import _claim, _store
 from ._claim import ClaimRequest, ClaimResult
 from ._config import ENV_DB, Config, default_db_path, load_config
+from ._cooldown import after_report, cooling, effective_limit
 from ._engine import Target, read_transaction, resolve_target, server_now, write_transaction
-from ._errors import AcquireTimeout, ConfigError, DatabaseBusyError, DatabaseUnavailableError
+from ._errors import (
+    AcquireTimeout,
+    ConfigError,
+    DatabaseBusyError,
+    DatabaseUnavailableError,
+    LimiterError,
+)
 from ._files import Sharing, is_network_filesystem, prepare_database
 from ._identity import current_holder, new_token
 from ._keys import ModelKey, coerce_chain, coerce_key
 from ._migrate import ensure_schema
 from ._results import (
     CandidateReport,
+    Cooldown,
     Explanation,
     LeaseInfo,
     ModelStatus,
@@ -43,6 +51,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Connection
 
+    from ._cooldown import Kind
     from ._fallback import ModelRow
     from ._store import LeaseRecord, Outlook, Removed
 
@@ -111,6 +120,7 @@ class Core:
         self.clock_offset = 0.0  # the PostgreSQL server's clock minus this host's (see now())
         self._drift0: float | None = None  # an injected clock's offset at the first now()
         self.config_rows = self.config.model_rows()
+        self.quota_logged: set[ModelKey] = set()  # models whose quota refusal was logged here
         self.fingerprint = config_fingerprint(self.config, self.config_rows)
         self.reset_identity()
 
@@ -138,6 +148,9 @@ class Core:
         server = server_now(conn)
         if server is None:
             return self.clock()
+        return self._on_server_clock(server)
+
+    def _on_server_clock(self, server: float) -> float:
         if self.clock is not time.time:
             drift = self.clock() - time.time()
             if self._drift0 is None:
@@ -145,6 +158,13 @@ class Core:
             server += drift - self._drift0
         self.clock_offset = server - time.time()
         return server
+
+    def read_now(self, conn: Connection) -> float:
+        """The time for the read transaction open on ``conn`` (a server's clock: one query)."""
+        if self.target.is_sqlite:
+            return self.clock()
+        value = conn.exec_driver_sql("SELECT extract(epoch FROM clock_timestamp())").scalar()
+        return self.estimated_now() if value is None else self._on_server_clock(float(value))
 
     def estimated_now(self) -> float:
         """What ``now`` would say at this moment, without asking the database."""
@@ -369,7 +389,8 @@ class Core:
     ) -> tuple[list[bool], Outlook]:
         """For queued requests, whether each would be granted now: one lock-free read."""
         with read_transaction(conn):
-            return _claim.could_grant(conn, requests, self.holder.host_id)
+            now = self.estimated_now()
+            return _claim.could_grant(conn, requests, self.holder.host_id, now)
 
     # Every transaction that frees room ends by waking the waiters a claim would now admit:
     # their addresses are read inside the transaction and notified after it commits.
@@ -425,6 +446,72 @@ class Core:
             log_reaped(item)
         return [Reaped.from_removed(item) for item in removed]
 
+    def report(
+        self, conn: Connection, key: ModelKey, *, kind: Kind, retry_after: float | None, reason: str
+    ) -> Cooldown:
+        """Record a provider's refusal on ``key``: a cooldown for every process, and with
+        ``[limiter] adaptive`` a lower effective limit. Write transaction."""
+        settings = self.config.limiter
+        if kind == "quota":  # waiting seconds does not cure a quota: the longer cooldown
+            secs = max(retry_after or 0.0, settings.quota_cooldown_secs)
+        else:
+            secs = settings.cooldown_secs if retry_after is None else retry_after
+        with write_transaction(conn):
+            now = self.now(conn)
+            row = _store.model_row(conn, key, self.demand)
+            holders = _store.holders_of(conn, key) if settings.adaptive else 0
+            health = after_report(
+                row,
+                now=now,
+                holders=holders,
+                secs=secs,
+                kind=kind,
+                reason=reason,
+                adaptive=settings.adaptive,
+                recover_secs=settings.adaptive_recover_secs,
+            )
+            _store.store_health(conn, key, health)
+        cooldown = Cooldown.of(
+            replace(row, health=health), now, started=not cooling(row.health, now)
+        )
+        self._log_report(cooldown, secs, before=effective_limit(row.limit, row.health, now))
+        return cooldown
+
+    def _log_report(self, cooldown: Cooldown, secs: float, *, before: int) -> None:
+        key, what = cooldown.key, cooldown.kind.replace("_", " ")
+        if cooldown.kind == "quota":
+            # Not cured by waiting: once per model and process, not a line per refused call.
+            if cooldown.started or key not in self.quota_logged:
+                self.quota_logged.add(key)
+                log.error(
+                    "%s: the provider refused for quota or billing (%s); no new lease on it for "
+                    "%s (until %s); fix the account, then restart or wait",
+                    key,
+                    cooldown.reason,
+                    _duration(secs),
+                    cooldown.until.strftime("%H:%M:%S UTC"),
+                )
+        elif cooldown.started:
+            log.warning(
+                "%s: %s (%s); cooling down for %s, new requests go to fallbacks or wait",
+                key,
+                what,
+                cooldown.reason,
+                _duration(secs),
+            )
+        else:
+            log.debug(
+                "%s: %s again (%s); cooldown until %s", key, what, cooldown.reason, cooldown.until
+            )
+        if cooldown.effective_limit < before:
+            log.warning(
+                "%s: adaptive limit lowered to %d of the configured %d (%s)",
+                key,
+                cooldown.effective_limit,
+                cooldown.limit,
+                what,
+            )
+
     # --- reads -----------------------------------------------------------------------------
 
     def resolve_limit(self, conn: Connection, key: ModelKey | str) -> int:
@@ -449,8 +536,9 @@ class Core:
     def status(self, conn: Connection) -> Status:
         """The global cap and each model's limit, use and queue, from one snapshot."""
         with read_transaction(conn):
+            now = self.read_now(conn)
             rows = _store.read_models(conn)
-            snap = _store.snapshot(conn, rows, None)
+            snap = _store.snapshot(conn, rows, None, now)
         waiting = snap.ahead  # for a fresh request, every waiter is ahead
         ordered = sorted(rows.values(), key=lambda r: (r.position is None, r.position or 0, r.key))
         return Status(
@@ -458,15 +546,11 @@ class Core:
             in_use=snap.total_held,
             waiting=sum(waiting.values()),
             models=tuple(
-                ModelStatus(
-                    key=r.key,
-                    limit=r.limit,
+                ModelStatus.of(
+                    r,
+                    now,
                     in_use=snap.held.get(r.key, 0),
                     waiting=waiting.get(r.key, 0),
-                    cost_tier=r.cost_tier,
-                    supports_tool_use=r.supports_tool_use,
-                    is_cli=r.is_cli,
-                    configured=r.position is not None,
                 )
                 for r in ordered
             ),
@@ -482,12 +566,42 @@ class Core:
         key = coerce_key(primary, what="primary model")
         keys = coerce_chain(chain)
         with read_transaction(conn):
-            verdicts, global_reason = _claim.explain(conn, key, keys, self.demand)
+            now = self.read_now(conn)
+            verdicts, global_reason = _claim.explain(conn, key, keys, self.demand, now)
         return Explanation(
             primary=key,
             candidates=tuple(CandidateReport.from_verdict(v) for v in verdicts),
             global_reason=global_reason,
         )
+
+
+class Retries:
+    """The budget of ``call``: how many attempts are left, and the deadline they share."""
+
+    __slots__ = ("deadline", "left", "timeout")
+
+    def __init__(self, attempts: int, timeout: float | None) -> None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigError(
+                f"attempts must be an int >= 1 (got {attempts!r})", argument="attempts"
+            )
+        self.left = attempts
+        self.timeout = timeout
+        self.deadline = Core.deadline(timeout)
+
+    def remaining(self) -> float | None:
+        """The timeout for the next acquire: what is left of the whole call's."""
+        return None if self.deadline is None else max(0.0, self.deadline - monotonic())
+
+    def again(self, exc: BaseException) -> bool:
+        """After ``exc`` ended an attempt: whether to try again (a refusal, attempts left)."""
+        from ._ratelimit import rate_limit_signal
+
+        self.left -= 1
+        if self.left <= 0 or isinstance(exc, LimiterError) or rate_limit_signal(exc) is None:
+            return False
+        log.info("retrying on a new lease (%d attempt(s) left) after: %s", self.left, exc)
+        return True
 
 
 # An injected clock's offset from this host's clock when a limiter first used it on PostgreSQL,
@@ -531,6 +645,10 @@ def config_fingerprint(config: Config, rows: Iterable[ModelRow]) -> str:
     }
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def _duration(secs: float) -> str:
+    return f"{secs / 60:.0f} min" if secs >= 120 else f"{secs:g} s"
 
 
 def monotonic() -> float:

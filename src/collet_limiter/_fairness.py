@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class Snapshot:
     """Limits, live lease counts, the cap, and the waiters ahead of one request, per model."""
 
-    __slots__ = ("ahead", "cap", "held", "limits", "total_held")
+    __slots__ = ("ahead", "cap", "cooling", "held", "limits", "lowered", "total_held")
 
     def __init__(
         self,
@@ -36,11 +36,15 @@ class Snapshot:
         held: Mapping[ModelKey, int],
         ahead: Mapping[ModelKey, int],
         cap: int,
+        cooling: Mapping[ModelKey, str] | None = None,
+        lowered: Mapping[ModelKey, int] | None = None,
     ) -> None:
-        self.limits = limits
+        self.limits = limits  # in force now: 0 for a model cooling down (see _cooldown)
         self.held = held
         self.ahead = ahead
         self.cap = cap
+        self.cooling = cooling or {}  # why a model cooling down admits nobody
+        self.lowered = lowered or {}  # configured limits of models with a lower adaptive one
         self.total_held = sum(held.values())
 
     def free(self, key: ModelKey) -> int:
@@ -75,14 +79,21 @@ class Snapshot:
 
     def model_verdict(self, key: ModelKey) -> tuple[bool, str]:
         """Whether ``key`` admits the request, and the reason in words."""
+        cooling = self.cooling.get(key)
+        if cooling is not None:
+            return False, cooling
         held, limit = self.held.get(key, 0), self.limits[key]
+        configured = self.lowered.get(key)
+        use = f"{held}/{limit} held" + (
+            "" if configured is None else f", adaptive limit {limit} of {configured}"
+        )
         free = limit - held
         if free <= 0:
-            return False, f"full ({held}/{limit} held)"
+            return False, f"full ({use})"
         ahead = self.ahead.get(key, 0)
         if free > ahead:
-            return True, f"room ({held}/{limit} held)"
-        return False, f"{free} free but {ahead} waiter(s) queued ahead ({held}/{limit} held)"
+            return True, f"room ({use})"
+        return False, f"{free} free but {ahead} waiter(s) queued ahead ({use})"
 
     def admits(self, key: ModelKey) -> bool:
         """Both the model and the global cap have room for the request."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ._cooldown import NOTHING_LEARNED, Health
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
@@ -31,7 +33,8 @@ class ModelRow:
     """One row of the ``models`` table: a key with its limit and profile.
 
     ``position`` is the key's place in the config's providers (None for a key added on demand,
-    which is never a capability or CLI candidate).
+    which is never a capability or CLI candidate). ``limit`` is the configured limit; ``health``
+    what was learned from the provider's refusals (cooldown, adaptive limit; see ``_cooldown``).
     """
 
     key: ModelKey
@@ -40,6 +43,7 @@ class ModelRow:
     supports_tool_use: bool
     is_cli: bool
     position: int | None
+    health: Health = NOTHING_LEARNED
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ._errors import ConfigError, LimiterError
 from ._store import utc_datetime
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from ._cooldown import Kind
     from ._fallback import Via
     from ._keys import ModelKey
     from ._runtime import Runtime
@@ -87,6 +90,36 @@ class BaseLease:
     def released(self) -> bool:
         """True once released (or lost)."""
         return self._released or self._lost
+
+    def _refusal(
+        self, retry_after: float | None, *, quota: bool, reason: str | None
+    ) -> dict[str, Any]:
+        """The arguments of ``Runtime.report`` for ``report_rate_limited``, checked."""
+        if retry_after is not None and not (
+            isinstance(retry_after, (int, float)) and 0 <= retry_after < math.inf
+        ):
+            raise ConfigError(
+                f"retry_after must be a number of seconds >= 0, or None for [limiter] "
+                f"cooldown_secs (got {retry_after!r})",
+                argument="retry_after",
+            )
+        kind: Kind = "quota" if quota else "rate_limited"
+        return {
+            "kind": kind,
+            "retry_after": None if retry_after is None else float(retry_after),
+            "reason": reason or ("quota refused" if quota else "reported rate limited"),
+        }
+
+    def _refusal_in(self, exc: BaseException | None) -> dict[str, Any] | None:
+        """The arguments of ``Runtime.report`` if ``exc`` is a provider's refusal, else None."""
+        if exc is None or isinstance(exc, LimiterError):
+            return None
+        from ._ratelimit import rate_limit_signal
+
+        signal = rate_limit_signal(exc)
+        if signal is None:
+            return None
+        return {"kind": signal.kind, "retry_after": signal.retry_after, "reason": signal.detail}
 
     def _mark_lost(self) -> None:
         self._lost = True

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Core
+from ._core import Core, Retries, log
+from ._errors import LimiterError
 from ._lease import BaseLease
 from ._results import Acquired, QueueWait
-from ._runtime import Claim, Runtime, Wait, Waiter, abandon
+from ._runtime import Claim, NotNow, Runtime, Wait, Waiter, abandon
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import os
@@ -19,7 +22,7 @@ if TYPE_CHECKING:
     from ._claim import ClaimRequest
     from ._config import Config
     from ._keys import ModelKey
-    from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
+    from ._results import Cooldown, Explanation, LeaseInfo, Reaped, Status, TicketInfo
     from ._store import LeaseRecord
 
 
@@ -50,6 +53,24 @@ class Lease(BaseLease):
                 self._released = False
                 raise
 
+    def report_rate_limited(
+        self, retry_after: float | None = None, *, quota: bool = False, reason: str | None = None
+    ) -> Cooldown:
+        """Tell every process that the provider refused a call on ``lease.key`` for load.
+
+        The model cools down for ``retry_after`` seconds (``[limiter] cooldown_secs`` when
+        None): no new lease on it until then, so fallbacks take the work and ``acquire_wait``
+        waits, keeping its place. A second report extends a cooldown, never shortens it.
+        ``quota=True`` is a hard quota or billing refusal: it cools the model for
+        ``[limiter] quota_cooldown_secs``. With ``[limiter] adaptive`` the model's limit also
+        drops to one less than its holders now. Does not release the lease; works after it.
+        """
+        outcome = self._runtime.report(
+            self.key, **self._refusal(retry_after, quota=quota, reason=reason)
+        )
+        assert not isinstance(outcome, NotNow)
+        return outcome
+
     def __enter__(self) -> Lease:
         return self
 
@@ -59,7 +80,24 @@ class Lease(BaseLease):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        """Release; first, if ``exc`` is the provider refusing the call for load (a 429, 529 or
+        quota error of the openai or anthropic SDK, an httpx 429), report it with the delay
+        the response asked for. The exception propagates either way."""
+        refusal = self._refusal_in(exc)
+        try:
+            if refusal is not None:
+                _report_quietly(self._runtime, self.key, refusal)
+        finally:
+            self.release()
+
+
+def _report_quietly(runtime: Runtime, key: ModelKey, refusal: dict[str, Any]) -> None:
+    """Report a refusal found in an exception; a database error is logged, never raised
+    over the caller's own exception."""
+    try:
+        runtime.report(key, **refusal)
+    except LimiterError as exc:
+        log.warning("could not record the provider's refusal on %s: %s", key, exc)
 
 
 class _ThreadWaiter(Waiter):
@@ -233,6 +271,37 @@ class Limiter:
 
     def _lease(self, record: LeaseRecord) -> Lease:
         return Lease(self, record)
+
+    def call(
+        self,
+        primary: ModelKey | str,
+        fn: Callable[[Lease], T],
+        fallback_chain: Iterable[ModelKey | str] | str | None = None,
+        *,
+        attempts: int = 3,
+        timeout: float | None = None,
+        holder: str | None = None,
+    ) -> T:
+        """Run ``fn(lease)`` under a lease, moving to another model when the provider refuses.
+
+        Acquires as ``acquire`` does, calls ``fn`` with the lease (call ``lease.key``, not
+        ``primary``), releases, and returns what ``fn`` returned. When ``fn`` raises a rate-limit
+        error (see ``Lease.__exit__``), it is reported, which cools that model down for every
+        process, and the call is made again on a new lease, up to ``attempts`` calls in all:
+        the cooling model is passed over, so the retry goes to the next candidate with room, or
+        waits for the cooldown's end. Any other exception, and the last attempt's refusal,
+        propagate. ``timeout`` bounds the whole call's waiting for leases
+        (``AcquireTimeout``). Pass ``max_retries=0`` to the SDK client: the limiter decides.
+        """
+        plan = Retries(attempts, timeout)
+        while True:
+            lease = self.acquire(primary, fallback_chain, timeout=plan.remaining(), holder=holder)
+            try:
+                with lease:  # reports a refusal, then releases
+                    return fn(lease)
+            except Exception as exc:
+                if not plan.again(exc):
+                    raise
 
     def renew(self) -> list[Lease]:
         """Renew every lease and ticket this Limiter holds now; returns leases found lost.

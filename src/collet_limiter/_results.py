@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from ._cooldown import cooling, effective_limit
 from ._identity import holder_alive
 from ._store import utc_datetime
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ._claim import Verdict
-    from ._fallback import Via
+    from ._fallback import ModelRow, Via
     from ._keys import ModelKey
     from ._profiles import CostTier
     from ._store import LeaseRecord, Removed, TicketRecord
@@ -101,7 +102,12 @@ class TicketInfo:
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
-    """One model's limit, use and queue."""
+    """One model's limit, use and queue, and what was learned from its provider's refusals.
+
+    ``limit`` is the configured limit and ``effective_limit`` the one in force (lower after a
+    429 with ``[limiter] adaptive``). While ``cooldown_until`` is in the future the model takes
+    no new lease; ``cooldown_kind`` says why (rate_limited, overloaded, quota, exit_code).
+    """
 
     key: ModelKey
     limit: int
@@ -111,6 +117,64 @@ class ModelStatus:
     supports_tool_use: bool
     is_cli: bool
     configured: bool  # listed by the config's providers (else added on demand)
+    effective_limit: int = 0
+    cooldown_until: datetime | None = None
+    cooldown_kind: str | None = None
+    cooldown_reason: str | None = None
+    cooldown_left: float = 0.0  # seconds, as of the read
+
+    @classmethod
+    def of(cls, row: ModelRow, now: float, *, in_use: int, waiting: int) -> ModelStatus:
+        """The status of one ``models`` row at ``now``."""
+        health = row.health
+        cools = cooling(health, now)
+        until = health.cooldown_until
+        return cls(
+            key=row.key,
+            limit=row.limit,
+            in_use=in_use,
+            waiting=waiting,
+            cost_tier=row.cost_tier,
+            supports_tool_use=row.supports_tool_use,
+            is_cli=row.is_cli,
+            configured=row.position is not None,
+            effective_limit=effective_limit(row.limit, health, now),
+            cooldown_until=utc_datetime(until) if cools and until is not None else None,
+            cooldown_kind=health.cooldown_kind if cools else None,
+            cooldown_reason=health.cooldown_reason if cools else None,
+            cooldown_left=(until or now) - now if cools else 0.0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Cooldown:
+    """What a reported refusal did to a model: cooling down until ``until``, for everyone.
+
+    ``started`` is False when the model was cooling down already (the cooldown was extended, or
+    kept when it ended later). ``effective_limit`` is the limit in force after the report.
+    """
+
+    key: ModelKey
+    kind: str
+    reason: str
+    until: datetime
+    started: bool
+    limit: int
+    effective_limit: int
+
+    @classmethod
+    def of(cls, row: ModelRow, now: float, *, started: bool) -> Cooldown:
+        """The cooldown stored in ``row`` as of ``now``."""
+        health = row.health
+        return cls(
+            key=row.key,
+            kind=health.cooldown_kind or "rate_limited",
+            reason=health.cooldown_reason or "",
+            until=utc_datetime(health.cooldown_until or now),
+            started=started,
+            limit=row.limit,
+            effective_limit=effective_limit(row.limit, health, now),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,9 +45,11 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
     from ._claim import ClaimRequest
+    from ._cooldown import Kind
+    from ._keys import ModelKey
     from ._lease import BaseLease
     from ._pglisten import PgListener
-    from ._results import Reaped
+    from ._results import Cooldown, Reaped
     from ._store import LeaseRecord
 
 T = TypeVar("T")
@@ -625,6 +627,23 @@ class Runtime:
             lease._mark_lost()  # noqa: SLF001
             log.warning("%r was reclaimed before its release (it had expired)", lease)
         return None
+
+    def report(
+        self,
+        key: ModelKey,
+        *,
+        kind: Kind,
+        retry_after: float | None,
+        reason: str,
+        blocking: bool = True,
+    ) -> Cooldown | NotNow:
+        """Record a provider's refusal on ``key`` for every process (see ``Core.report``)."""
+        return self.write(
+            lambda conn: self.core.report(
+                conn, key, kind=kind, retry_after=retry_after, reason=reason
+            ),
+            blocking=blocking,
+        )
 
     def drop(self, lease_id: int, token: str) -> None:
         """A lease was garbage-collected unreleased: give it back soon, from the heartbeat.

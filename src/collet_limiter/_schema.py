@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 # The Alembic revision this code writes and reads. A test checks it is the scripts' head, so
 # opening an up-to-date database needs one SELECT and no Alembic import.
-SCHEMA_REVISION: Final = "0004_grant_on_release"
+SCHEMA_REVISION: Final = "0005_cooldowns"
 
 metadata = MetaData()
 
@@ -42,6 +42,17 @@ models = Table(
     Column("is_cli", Boolean, nullable=False),
     # Place among the config's providers' models; NULL for keys added on demand.
     Column("position", Integer, nullable=True),
+    # What the limiter learned from the provider's refusals (migration 0005, see _cooldown):
+    # the adaptive limit set by the last report (NULL: concurrency_limit), that report's time
+    # and the recovery step, and the cooldown (no new lease before cooldown_until_ts).
+    Column("effective_limit", Integer, nullable=True),
+    Column("limited_at", String, nullable=True),
+    Column("limited_ts", Float, nullable=True),
+    Column("recover_secs", Float, nullable=True),
+    Column("cooldown_until_at", String, nullable=True),
+    Column("cooldown_until_ts", Float, nullable=True),
+    Column("cooldown_kind", String, nullable=True),  # rate_limited, overloaded, quota, exit_code
+    Column("cooldown_reason", Text, nullable=True),
 )
 
 leases = Table(

@@ -7,6 +7,7 @@ Limiter, the AsyncLimiter (through ``AsyncConnection.run_sync``) and any dialect
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
@@ -15,6 +16,7 @@ from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
+from ._cooldown import NOTHING_LEARNED, Health, limits_at, next_change
 from ._engine import Prepared, batch
 from ._fairness import Snapshot, admissible
 from ._fallback import ModelRow, Via
@@ -23,7 +25,7 @@ from ._keys import ModelKey
 from ._profiles import CostTier
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Sequence
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
     from sqlalchemy import Select, Table, Update
     from sqlalchemy.engine import Connection, Row
@@ -154,7 +156,7 @@ class Removed:
     reason: str  # "expired" or "holder dead"
 
 
-def _model_row(row: Row[tuple[str, str, int, str, bool, bool, int | None]]) -> ModelRow:
+def _model_row(row: Any) -> ModelRow:
     return ModelRow(
         key=ModelKey(row.provider, row.model),
         limit=row.concurrency_limit,
@@ -162,7 +164,36 @@ def _model_row(row: Row[tuple[str, str, int, str, bool, bool, int | None]]) -> M
         supports_tool_use=bool(row.supports_tool_use),
         is_cli=bool(row.is_cli),
         position=row.position,
+        health=_health(row),
     )
+
+
+def _health(row: Any) -> Health:
+    if row.cooldown_until_ts is None and row.effective_limit is None:
+        return NOTHING_LEARNED  # the usual row: one identity test tells the rules
+    return Health(
+        effective=row.effective_limit,
+        limited_ts=row.limited_ts,
+        recover_secs=row.recover_secs,
+        cooldown_until=row.cooldown_until_ts,
+        cooldown_kind=row.cooldown_kind,
+        cooldown_reason=row.cooldown_reason,
+    )
+
+
+def health_values(health: Health) -> dict[str, object]:
+    """The ``models`` columns that store ``health``."""
+    until, since = health.cooldown_until, health.limited_ts
+    return {
+        "effective_limit": health.effective,
+        "limited_at": None if since is None else utc_text(since),
+        "limited_ts": since,
+        "recover_secs": health.recover_secs,
+        "cooldown_until_at": None if until is None else utc_text(until),
+        "cooldown_until_ts": until,
+        "cooldown_kind": health.cooldown_kind,
+        "cooldown_reason": health.cooldown_reason,
+    }
 
 
 def _row_values(row: ModelRow) -> dict[str, object]:
@@ -174,6 +205,7 @@ def _row_values(row: ModelRow) -> dict[str, object]:
         "supports_tool_use": row.supports_tool_use,
         "is_cli": row.is_cli,
         "position": row.position,
+        **health_values(row.health),
     }
 
 
@@ -235,16 +267,17 @@ def write_config(
     """
     if stored_fingerprint(conn) == fingerprint:
         return False
-    demand_keys = [
-        ModelKey(row.provider, row.model)
-        for row in conn.execute(
-            select(s.models.c.provider, s.models.c.model).where(s.models.c.position.is_(None))
-        )
-    ]
+    stored = read_models(conn)
+    demand_keys = [key for key, row in stored.items() if row.position is None]
     conn.execute(delete(s.models))
     configured = {row.key for row in rows}
-    values = [_row_values(row) for row in rows]
-    values += [_row_values(demand(key)) for key in demand_keys if key not in configured]
+
+    def learned(row: ModelRow) -> ModelRow:  # a cooldown survives a config change
+        before = stored.get(row.key)
+        return row if before is None else replace(row, health=before.health)
+
+    values = [_row_values(learned(row)) for row in rows]
+    values += [_row_values(learned(demand(key))) for key in demand_keys if key not in configured]
     if values:
         conn.execute(insert(s.models), values)
     settings = {
@@ -342,16 +375,35 @@ def _counts_queries(ticket: int | None) -> list[Query]:
     return [(_HELD, None), _waiting_query(ticket), (_SELECT_META, _CAP_KEY)]
 
 
-def snapshot(conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | None) -> Snapshot:
+def make_snapshot(
+    rows: Mapping[ModelKey, ModelRow],
+    now: float,
+    *,
+    held: Mapping[ModelKey, int],
+    ahead: Mapping[ModelKey, int],
+    cap: int,
+) -> Snapshot:
+    """The fairness rule's snapshot with the limits in force at ``now`` (cooldowns applied)."""
+    limits = limits_at(rows, now)
+    return Snapshot(
+        limits=limits.limits,
+        held=held,
+        ahead=ahead,
+        cap=cap,
+        cooling=limits.cooling,
+        lowered=limits.lowered,
+    )
+
+
+def snapshot(
+    conn: Connection, rows: dict[ModelKey, ModelRow], ticket: int | None, now: float
+) -> Snapshot:
     """Limits, lease counts and cap, and the waiters ahead of ``ticket``, as of this transaction."""
     held, ahead, cap = batch(
         conn, [(_HELD, None), _waiting_query(ticket), (_SELECT_META, _CAP_KEY)]
     )
-    return Snapshot(
-        limits={key: row.limit for key, row in rows.items()},
-        held=_counts_from(held),
-        ahead=_counts_from(ahead),
-        cap=_cap_from(cap),
+    return make_snapshot(
+        rows, now, held=_counts_from(held), ahead=_counts_from(ahead), cap=_cap_from(cap)
     )
 
 
@@ -364,23 +416,20 @@ def state_queries(ticket: int | None, ticket_token: str) -> list[Query]:
     return [(_SELECT_MODELS, None), *_counts_queries(ticket), exists_query]
 
 
-def state_from(results: Sequence[list[Any]], ticket: int | None) -> State:
+def state_from(results: Sequence[list[Any]], ticket: int | None, now: float) -> State:
     """``state`` from the rows of ``state_queries``."""
     models, held, ahead, cap, found = results
     rows = _models_from(models)
-    snap = Snapshot(
-        limits={key: row.limit for key, row in rows.items()},
-        held=_counts_from(held),
-        ahead=_counts_from(ahead),
-        cap=_cap_from(cap),
+    snap = make_snapshot(
+        rows, now, held=_counts_from(held), ahead=_counts_from(ahead), cap=_cap_from(cap)
     )
     return rows, snap, ticket is None or bool(found[0][0])
 
 
-def state(conn: Connection, ticket: int | None, ticket_token: str) -> State:
+def state(conn: Connection, ticket: int | None, ticket_token: str, now: float) -> State:
     """The ``models`` rows, the snapshot for ``ticket`` and whether that ticket is still queued
     (True for no ticket), read together (one round trip on a server)."""
-    return state_from(batch(conn, state_queries(ticket, ticket_token)), ticket)
+    return state_from(batch(conn, state_queries(ticket, ticket_token)), ticket, now)
 
 
 def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
@@ -473,7 +522,7 @@ def grant_waiting(
     )
     tickets = admissible(
         [(row.id, ModelKey(row.provider, row.model)) for row in waiting],
-        {key: row.limit for key, row in _models_from(models).items()},
+        limits_at(_models_from(models), now).limits,
         _counts_from(held),
         _cap_from(cap),
     )
@@ -534,18 +583,44 @@ def lease_from(found: Sequence[Any]) -> LeaseRecord | None:
 
 @dataclass(frozen=True, slots=True)
 class Outlook:
-    """What a watcher needs besides the queue: who could die, and when something expires."""
+    """What a watcher needs besides the queue: who could die, and when something changes."""
 
     holders: frozenset[tuple[int, float]]  # (pid, start) of this host's holders and waiters
-    next_expiry: float | None  # the earliest expiry of any lease or ticket
+    # The earliest expiry of any lease or ticket, or end of a waited-for model's cooldown or
+    # step of its adaptive limit: nothing is written then, so nothing else would tell.
+    next_expiry: float | None
+    # Waited-for models whose cooldown ended within ``SPREAD_WINDOW`` seconds before now: their
+    # waiters are woken spread out (see Watcher), not all in the same millisecond.
+    cooled: frozenset[ModelKey] = frozenset()
 
 
-def outlook(conn: Connection, waiting: Sequence[Any], my_host: str) -> Outlook:
+# How recently a cooldown must have ended for its waiters' wake-ups to be spread: the watcher
+# looks within milliseconds of the end (its timer), so a few seconds only excludes old ones.
+SPREAD_WINDOW: Final = 5.0
+
+
+def outlook(
+    conn: Connection,
+    waiting: Sequence[Any],
+    my_host: str,
+    models: Mapping[ModelKey, ModelRow],
+    now: float,
+) -> Outlook:
     """The holders a watcher can watch for death, and the next expiry, from one more read."""
     leases = _HOLDERS.rows(conn)
     rows = [*leases, *waiting]
     holders = frozenset((r.pid, r.pid_start) for r in rows if r.host_id == my_host)
-    return Outlook(holders, min((r.expires_ts for r in rows), default=None))
+    expiry = min((r.expires_ts for r in rows), default=math.inf)
+    waited = {ModelKey(r.provider, r.model) for r in waiting}
+    expiry = min(expiry, next_change(models, waited, now))
+    cooled = frozenset(
+        key
+        for key in waited
+        if (row := models.get(key)) is not None
+        and (until := row.health.cooldown_until) is not None
+        and now - SPREAD_WINDOW <= until <= now
+    )
+    return Outlook(holders, None if math.isinf(expiry) else expiry, cooled)
 
 
 def waiters_detail(conn: Connection) -> Sequence[Any]:
@@ -695,3 +770,41 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
     key = conn.execute(_INSERT_LEASE, values).inserted_primary_key
     assert key is not None
     return replace(record, id=int(key[0]), expires_ts=now + ttl)
+
+
+# --- learning from refusals --------------------------------------------------------------------
+
+_HOLDERS_OF: Final = Prepared(
+    select(func.count()).where(
+        (s.leases.c.provider == bindparam("provider")) & (s.leases.c.model == bindparam("model"))
+    )
+)
+
+
+def model_row(conn: Connection, key: ModelKey, demand: Callable[[ModelKey], ModelRow]) -> ModelRow:
+    """The ``models`` row of ``key``, added from ``demand`` if the table lacks it. Write
+    transaction."""
+    found = conn.execute(
+        select(s.models).where(
+            (s.models.c.provider == key.provider) & (s.models.c.model == key.model)
+        )
+    ).first()
+    if found is not None:
+        return _model_row(found)
+    rows: dict[ModelKey, ModelRow] = {}
+    ensure_models(conn, rows, [key], demand)
+    return rows[key]
+
+
+def holders_of(conn: Connection, key: ModelKey) -> int:
+    """How many leases ``key`` has now."""
+    return int(_HOLDERS_OF.scalar(conn, {"provider": key.provider, "model": key.model}) or 0)
+
+
+def store_health(conn: Connection, key: ModelKey, health: Health) -> None:
+    """Write what was learned about ``key`` to its ``models`` row. Write transaction."""
+    conn.execute(
+        update(s.models)
+        .where((s.models.c.provider == key.provider) & (s.models.c.model == key.model))
+        .values(health_values(health))
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import select
 from typing import TYPE_CHECKING, Final
 
@@ -47,6 +48,8 @@ class Watcher:
         self.looked = -math.inf  # when (monotonic)
         self.expiry_due = math.inf  # when the earliest lease or ticket expires (monotonic)
         self.early: set[int] = set()
+        # Waiters to wake at a moment of their own (monotonic), spread after a cooldown ended.
+        self.delayed: list[tuple[float, Waiter]] = []
 
     def arm(self, waiter: Waiter, request: ClaimRequest) -> None:
         """Point ``waiter`` at its (possibly new) ticket; wake it if that was pushed already."""
@@ -106,7 +109,11 @@ class Watcher:
                     continue
             pidfds = set(rt.pids.fds())
             now = monotonic()
-            timeout = max(0.0, min(core.poll_interval, sweep_due - now, self.expiry_due - now))
+            spread_due = min((due for due, _waiter in self.delayed), default=math.inf)
+            timeout = max(
+                0.0,
+                min(core.poll_interval, sweep_due - now, self.expiry_due - now, spread_due - now),
+            )
             wake_fd = listener.fileno()
             ready = poller.poll({wake_fd, rt.interrupt_r, *pidfds}, timeout)
             if wake_fd in ready:
@@ -116,6 +123,8 @@ class Watcher:
                 else:
                     self.wake(tickets)
             now = monotonic()
+            if self.delayed:
+                self._wake_delayed(now)
             if rt.interrupt_r in ready:
                 drain(rt.interrupt_r)
                 look = look or now - self.looked >= core.poll_interval
@@ -161,8 +170,16 @@ class Watcher:
         with rt.lock:
             waiters = list(rt.waiters.values())
         flags, outlook = core.could_grant(conn, [w.request for w in waiters])
+        spread = core.config.limiter.cooldown_spread_ms / 1000
         for waiter, could in zip(waiters, flags, strict=True):
-            if could:
+            if not could:
+                continue
+            if spread > 0 and waiter.request.primary in outlook.cooled:
+                # Its model's cooldown just ended: every waiter of it, in every process, would
+                # otherwise call the provider in the same millisecond.
+                due = monotonic() + random.uniform(0, spread)  # noqa: S311 - not cryptographic
+                self.delayed.append((due, waiter))
+            else:
                 waiter.wake()
         dead = rt.pids.update(outlook.holders)
         self.expiry_due = math.inf
@@ -170,6 +187,14 @@ class Watcher:
             wait = max(0.0, outlook.next_expiry - core.estimated_now())
             self.expiry_due = monotonic() + wait + 0.001
         return dead
+
+    def _wake_delayed(self, now: float) -> None:
+        """Wake the spread-out waiters whose moment came."""
+        due = [waiter for when, waiter in self.delayed if when <= now]
+        if due:
+            self.delayed = [(when, w) for when, w in self.delayed if when > now]
+            for waiter in due:
+                waiter.wake()
 
     def wake(self, tickets: set[int] | None) -> None:
         """Wake the waiters holding ``tickets`` (all of them for None).
