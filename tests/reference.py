@@ -24,6 +24,13 @@ The rules, as the README states them:
   waiters ahead whose own model has room; the walk is written so as not to copy that formula.)
 - A claim that cannot grant the primary first reclaims expired leases and tickets and those of
   dead holders, then decides again.
+- Learning from refusals (``Reference.report``): a reported refusal stops new leases on the model
+  until ``now + secs``, or later if a cooldown already ran longer; meanwhile the model counts as
+  having no slot at all (its waiters keep their places; they take no cap slot in the walk). With
+  adaptive limits the model's limit drops to one less than its holders at the report (never
+  below 1, never raised by a report) and comes back one slot per recovery period without a
+  report, up to the configured limit; a report without adaptive limits keeps a lowered limit
+  where it has climbed to and restarts its recovery. Leases above a lowered limit stay.
 - Handing over (``Reference.serve``): whatever frees room (a release that finds its lease, a
   discard of an interrupted acquire, a close, a reap or a claim that reclaimed something)
   grants, in the same step, every ticket the walk of the whole queue then admits: in queue
@@ -147,6 +154,9 @@ class Reference:
     cap_allowance: int = 0
     # The highest lease id ever handed out: the next lease gets the one after it.
     last_lease: int = 0
+    # Per key: the end of its cooldown, and (lowered limit, when lowered, recovery period).
+    cooldowns: dict[ModelKey, float] = field(default_factory=dict)
+    lowered: dict[ModelKey, tuple[int, float, float]] = field(default_factory=dict)
 
     # --- config ---------------------------------------------------------------------------------
 
@@ -159,6 +169,9 @@ class Reference:
         for key in demand_keys:
             new.setdefault(key, demand_row(config, key))
         self.rows, self.cap, self.config = new, config.max_agents, config
+        # What was learned stays with the keys the table keeps; a dropped row forgets it.
+        self.cooldowns = {k: v for k, v in self.cooldowns.items() if k in new}
+        self.lowered = {k: v for k, v in self.lowered.items() if k in new}
         self.written = what_config_writes(config)
         self._rebase(self.rows)
         self.cap_allowance = max(self.cap_allowance, len(self.leases) - self.cap, 0)
@@ -180,6 +193,26 @@ class Reference:
                 self.allowance[key] = max(self.allowance[key], over)
 
     # --- reading --------------------------------------------------------------------------------
+
+    def cooling(self, key: ModelKey) -> bool:
+        """Whether ``key`` is cooling down now."""
+        return key in self.cooldowns and self.now < self.cooldowns[key]
+
+    def adaptive_limit(self, key: ModelKey) -> int:
+        """The limit of ``key`` now, cooldowns aside: configured, or lowered and climbing."""
+        limit = self.rows[key].limit
+        if key not in self.lowered:
+            return limit
+        value, since, period = self.lowered[key]
+        step_at = since + period
+        while step_at <= self.now and value < limit:  # one slot back per period passed
+            value += 1
+            step_at += period
+        return min(value, limit)
+
+    def slots(self, key: ModelKey) -> int:
+        """The limit the walk uses for ``key`` now: none while it cools down."""
+        return 0 if self.cooling(key) else self.adaptive_limit(key)
 
     def held(self) -> Counter[ModelKey]:
         """Leases per model."""
@@ -225,7 +258,7 @@ class Reference:
         model has no row has no slot to take and is passed over.
         """
         held = self.held()
-        model_left = {key: row.limit - held[key] for key, row in self.rows.items()}
+        model_left = {key: self.slots(key) - held[key] for key in self.rows}
         cap_left = self.cap - len(self.leases)
         admitted: list[int] = []
         for tid in sorted(self.tickets):
@@ -375,6 +408,24 @@ class Reference:
                 ticket, token=ticket.lease_token, via="queue", lease_token=""
             )
         return admitted
+
+    def report(
+        self, config: Config, key: ModelKey, secs: float, *, adaptive: bool, period: float
+    ) -> None:
+        """A refusal on ``key`` reported now (by a limiter opened with ``config``)."""
+        self.ensure(config, [key])
+        self.cooldowns[key] = max(self.cooldowns.get(key, self.now + secs), self.now + secs)
+        limit, now_limit = self.rows[key].limit, self.adaptive_limit(key)
+        if adaptive:
+            value, step = min(now_limit, max(1, self.held()[key] - 1)), period
+        elif key in self.lowered:
+            value, step = now_limit, self.lowered[key][2]
+        else:
+            return
+        if value < limit:
+            self.lowered[key] = (value, self.now, step)
+        else:
+            self.lowered.pop(key, None)
 
     def holds(self, lease_id: int, token: str) -> bool:
         """Whether the lease with this id and token is still stored."""

@@ -68,6 +68,11 @@ CLOCK_STEPS = (1.0, TTL / 2, TTL, TTL + 1, 2 * TTL)
 # steps stay half a second off every boundary (TTL - 0.5 is still held, TTL/2 + 0.5 twice has
 # expired), far more than that latency.
 PG_CLOCK_STEPS = (1.0, TTL / 2 + 0.5, TTL - 0.5, TTL + 1, 2 * TTL)
+# A reported refusal's cooldown, and the adaptive limit's recovery period: a quarter second off
+# every sum of clock steps (which are whole or half seconds), so no comparison is a tie (and
+# the recovery steps stay 50 ms or more off them, far more than a server round trip).
+COOLDOWN_SECS = (0.25, 10.25, 1800.25)
+RECOVER_SECS = 700.15  # k periods: .15, .3, .45, .6, .75, .9, .05 past a whole second
 
 
 def dead_identity() -> tuple[int, float]:
@@ -152,8 +157,17 @@ class LimiterMachine(RuleBasedStateMachine):
 
     def open_generation(self, config: Config) -> None:
         limiters = []
-        for _ in range(2):
-            limiter = Limiter(self.db, config=config, clock=self.clock, lease_ttl=TTL)
+        # The raw limiter reports refusals with adaptive limits, the public one without: the
+        # [limiter] section is each process's own and writes nothing to the database.
+        adaptive = config.model_copy(
+            update={
+                "limiter": config.limiter.model_copy(
+                    update={"adaptive": True, "adaptive_recover_secs": RECOVER_SECS}
+                )
+            }
+        )
+        for own in (config, adaptive):
+            limiter = Limiter(self.db, config=own, clock=self.clock, lease_ttl=TTL)
             limiters.append(limiter)
             self.model.open_with(config)
         self.gens.append(Generation(config, *limiters))
@@ -415,6 +429,20 @@ class LimiterMachine(RuleBasedStateMachine):
         self.clock.advance(seconds)
         self.model.now = self.clock.now
 
+    @precondition(lambda self: self.public or self.raw)
+    @rule(data=st.data(), adaptive=st.booleans())
+    def the_provider_refuses(self, data: st.DataObject, adaptive: bool) -> None:
+        """A holder reports a 429 on its lease's model: it cools down for every limiter, and
+        (through the adaptive limiter) its limit drops below its holders now."""
+        leases = [lease.key for lease, _ in self.public] + [r.key for r, _ in self.raw]
+        key = data.draw(st.sampled_from(leases), label="model")
+        secs = data.draw(st.sampled_from(COOLDOWN_SECS), label="cooldown")
+        gen = self.gen
+        limiter = gen.raw if adaptive else gen.public
+        limiter._runtime.report(key, kind="rate_limited", retry_after=secs, reason="429")
+        self.model.report(gen.config, key, secs, adaptive=adaptive, period=RECOVER_SECS)
+        event(f"refusal reported ({'adaptive' if adaptive else 'cooldown only'})")
+
     @precondition(lambda self: self.model.leases or self.model.tickets)
     @rule(data=st.data())
     def holder_dies(self, data: st.DataObject) -> None:
@@ -561,6 +589,23 @@ class LimiterMachine(RuleBasedStateMachine):
         assert {key for key, r in self.model.rows.items() if r.position is not None} <= set(rows)
         (cap,) = self.look.execute("SELECT value FROM meta WHERE key = 'max_agents'").fetchone()
         assert int(cap) == self.model.cap
+
+    @invariant()
+    def status_shows_the_models_cooldowns_and_effective_limits(self) -> None:
+        if self.ref is None or not (self.model.cooldowns or self.model.lowered):
+            return
+        shown = {
+            m.key: (m.effective_limit, m.cooldown_until is not None)
+            for m in self.gen.public.status().models
+        }
+        expected = {
+            key: (self.model.adaptive_limit(key), self.model.cooling(key))
+            for key in self.model.rows
+        }
+        # A key requested on demand may get its row later than the model adds it (see below).
+        assert {key: shown[key] for key in expected if key in shown} == {
+            key: value for key, value in expected.items() if key in shown
+        }
 
     @invariant()
     def no_model_holds_more_than_its_limit_nor_all_more_than_the_cap(self) -> None:
