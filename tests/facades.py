@@ -58,6 +58,9 @@ class LeaseFacade:
     def release(self) -> None:
         self._loop.run(self._lease.release())
 
+    def report_rate_limited(self, *args: Any, **kwargs: Any) -> Any:
+        return self._loop.run(self._lease.report_rate_limited(*args, **kwargs))
+
     def __enter__(self) -> LeaseFacade:
         return self
 
@@ -67,7 +70,7 @@ class LeaseFacade:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        self._loop.run(self._lease.__aexit__(exc_type, exc, tb))
 
 
 class AsyncFacade:
@@ -95,6 +98,15 @@ class AsyncFacade:
             self.limiter.acquire_with_fallback(primary, fallback_chain, **kwargs)
         )
         return result if isinstance(result, QueueWait) else Acquired(self._wrap(result.lease))
+
+    def call(self, primary: Any, fn: Any, fallback_chain: Any = None, **kwargs: Any) -> Any:
+        """``AsyncLimiter.call`` with a blocking ``fn`` (run on the loop, as an async fn's
+        body would be)."""
+
+        async def afn(lease: AsyncLease) -> Any:
+            return fn(self._wrap(lease))
+
+        return self._loop.run(self.limiter.call(primary, afn, fallback_chain, **kwargs))
 
     def renew(self) -> list[LeaseFacade]:
         return [self._wrap(lease) for lease in self._loop.run(self.limiter.renew())]
