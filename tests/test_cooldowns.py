@@ -17,9 +17,11 @@ import pytest
 from collet_limiter import ConfigError, ModelKey, QueueWait
 
 from .conftest import SMALL, make_config
+from .sql import rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from .conftest import FakeClock
 
@@ -193,7 +195,7 @@ def test_acquire_wait_keeps_its_place_through_a_cooldown_and_is_granted_at_its_e
 
 
 def test_adaptive_mode_lowers_the_limit_below_the_holders_and_recovers_one_step_per_period(
-    open_limiter: Callable[..., Any], clock: FakeClock
+    open_limiter: Callable[..., Any], clock: FakeClock, database: Path | str
 ) -> None:
     settings = {"adaptive": True, "adaptive_recover_secs": 60}
     four = make_config(
@@ -222,6 +224,8 @@ def test_adaptive_mode_lowers_the_limit_below_the_holders_and_recovers_one_step_
     clock.advance(60)
     assert model_status(limiter, GLM5).effective_limit == 4
     held.append(limiter.acquire(GLM5))
+    # Back at the configured limit: the claim cleared the row, claims take the fast path again.
+    assert rows(database, "SELECT effective_limit FROM models WHERE model = 'glm-5'") == [(None,)]
     clock.advance(600)  # never above the configured limit
     assert model_status(limiter, GLM5).effective_limit == 4
     for lease in held:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Integer, and_, bindparam, cast, delete, exists, func, insert, select
 
 from . import _schema as s
+from ._cooldown import effective_limit
 from ._engine import Prepared, batch
 from ._fairness import Snapshot, ahead_of_each
 from ._fallback import Candidate, Via, plan
@@ -41,6 +42,7 @@ from ._store import (
     state,
     state_from,
     state_queries,
+    store_health,
     ticket_by_token,
     ticket_exists,
     utc_text,
@@ -392,6 +394,7 @@ def claim(
     ticket, requeued, rows, (granted, verdicts, global_reason) = _decide_first(
         conn, request, demand, now, prefetched
     )
+    forget_recovered(conn, rows, now)
     reaped: list[Removed] = []
     if granted is None or granted is not verdicts[0]:
         # Something stood in the way of the primary: if it is dead or expired, reclaim it and
@@ -417,6 +420,17 @@ def claim(
     if reaped:  # what we reclaimed and did not take ourselves may let others in
         result.wake = grant_waiting(conn, now, skip=result.ticket)
     return result
+
+
+def forget_recovered(conn: Connection, rows: dict[ModelKey, ModelRow], now: float) -> None:
+    """Clear the adaptive limit of models whose limit climbed back to the configured one, so
+    that their claims take the one-statement path again. Write transaction."""
+    for key, row in rows.items():
+        health = row.health
+        if health.effective is not None and effective_limit(row.limit, health, now) >= row.limit:
+            health = replace(health, effective=None, recover_secs=None)
+            store_health(conn, key, health)
+            rows[key] = replace(row, health=health)
 
 
 def _recover(conn: Connection, request: ClaimRequest) -> ClaimResult | ClaimRequest:
