@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from ._claim import ClaimRequest
     from ._config import Config
+    from ._cooldown import Kind
     from ._keys import ModelKey
     from ._results import Cooldown, Explanation, LeaseInfo, Reaped, Status, TicketInfo
     from ._runtime import Step
@@ -69,7 +70,12 @@ class AsyncLease(BaseLease):
                 raise
 
     async def report_rate_limited(
-        self, retry_after: float | None = None, *, quota: bool = False, reason: str | None = None
+        self,
+        retry_after: float | None = None,
+        *,
+        quota: bool = False,
+        reason: str | None = None,
+        _kind: Kind | None = None,
     ) -> Cooldown:
         """Tell every process that the provider refused a call on ``lease.key`` for load.
 
@@ -77,7 +83,7 @@ class AsyncLease(BaseLease):
         (``[limiter] cooldown_secs`` when None; ``quota_cooldown_secs`` with ``quota=True``),
         and with ``[limiter] adaptive`` its limit drops. Does not release the lease.
         """
-        refusal = self._refusal(retry_after, quota=quota, reason=reason)
+        refusal = self._refusal(retry_after, quota=quota, reason=reason, kind=_kind)
         return await self._limiter._transact(  # noqa: SLF001 - the lease's own limiter
             partial(self._runtime.report, self.key, **refusal)
         )

@@ -92,9 +92,11 @@ class BaseLease:
         return self._released or self._lost
 
     def _refusal(
-        self, retry_after: float | None, *, quota: bool, reason: str | None
+        self, retry_after: float | None, *, quota: bool, reason: str | None, kind: Kind | None
     ) -> dict[str, Any]:
-        """The arguments of ``Runtime.report`` for ``report_rate_limited``, checked."""
+        """The arguments of ``Runtime.report`` for ``report_rate_limited``, checked (``kind``
+        overrides the one ``quota`` implies: ``collet-limiter run --cooldown-on-exit`` reports
+        ``exit_code``)."""
         if retry_after is not None and not (
             isinstance(retry_after, (int, float)) and 0 <= retry_after < math.inf
         ):
@@ -103,9 +105,8 @@ class BaseLease:
                 f"cooldown_secs (got {retry_after!r})",
                 argument="retry_after",
             )
-        kind: Kind = "quota" if quota else "rate_limited"
         return {
-            "kind": kind,
+            "kind": kind or ("quota" if quota else "rate_limited"),
             "retry_after": None if retry_after is None else float(retry_after),
             "reason": reason or ("quota refused" if quota else "reported rate limited"),
         }

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ._claim import ClaimRequest
     from ._config import Config
+    from ._cooldown import Kind
     from ._keys import ModelKey
     from ._results import Cooldown, Explanation, LeaseInfo, Reaped, Status, TicketInfo
     from ._store import LeaseRecord
@@ -54,7 +55,12 @@ class Lease(BaseLease):
                 raise
 
     def report_rate_limited(
-        self, retry_after: float | None = None, *, quota: bool = False, reason: str | None = None
+        self,
+        retry_after: float | None = None,
+        *,
+        quota: bool = False,
+        reason: str | None = None,
+        _kind: Kind | None = None,
     ) -> Cooldown:
         """Tell every process that the provider refused a call on ``lease.key`` for load.
 
@@ -66,7 +72,7 @@ class Lease(BaseLease):
         drops to one less than its holders now. Does not release the lease; works after it.
         """
         outcome = self._runtime.report(
-            self.key, **self._refusal(retry_after, quota=quota, reason=reason)
+            self.key, **self._refusal(retry_after, quota=quota, reason=reason, kind=_kind)
         )
         assert not isinstance(outcome, NotNow)
         return outcome
