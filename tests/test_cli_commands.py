@@ -183,6 +183,11 @@ def test_status_json_has_the_documented_fields(
         "supports_tool_use": True,
         "is_cli": False,
         "configured": True,
+        "effective_limit": 1,
+        "cooldown_until": None,
+        "cooldown_kind": None,
+        "cooldown_reason": None,
+        "cooldown_left_secs": 0,
     }
     assert models["claude/sonnet"]["is_cli"] is True
     assert documented_fields("status") >= set(data) | set(models["zai/glm-5"])

@@ -134,6 +134,17 @@ def _chain(
     return tuple(chain)
 
 
+def _cooldowns(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[int, float | None]:
+    from ._run import parse_cooldown_on_exit
+
+    try:
+        return parse_cooldown_on_exit(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def full_chain(fallback: tuple[ModelKey, ...], agent: str | None) -> tuple[ModelKey, ...]:
     """``--fallback`` entries, then the agent file's ``providers:`` chain."""
     return fallback + (tuple(load_agent_chain(agent)) if agent else ())
@@ -213,6 +224,14 @@ def cli(ctx: click.Context) -> None:
     help="Exit status after a timeout (as flock -E).",
 )
 @click.option("--holder", metavar="LABEL", help="Label shown by leases (default: the command).")
+@click.option(
+    "--cooldown-on-exit",
+    metavar="CODE[:SECS]",
+    multiple=True,
+    callback=_cooldowns,
+    help="When the command exits with CODE, the model it held cools down for every process for "
+    "SECS seconds (default: [limiter] cooldown_secs), as after a 429 (repeatable).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @global_options
 @click.pass_context
@@ -225,6 +244,7 @@ def run(
     timeout: float | None,
     timeout_exit_code: int,
     holder: str | None,
+    cooldown_on_exit: dict[int, float | None],
     command: tuple[str, ...],
 ) -> int:
     """Run COMMAND holding a permit for a model (or a fallback), like flock(1).
@@ -234,11 +254,14 @@ def run(
     without a shell, with COLLET_LIMITER_PROVIDER, _MODEL, _KEY, _VIA and _PRIMARY in its
     environment; the permit is held until it exits, and run exits with its status (128+N if
     signal N killed it). SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on.
-    run prints nothing to stdout.
+    run prints nothing to stdout. With --cooldown-on-exit, a command that exits with a listed
+    status (say, a wrapper's 75 after a 429) cools its model down: other runs go to fallbacks
+    or wait until the cooldown ends.
 
     \b
     Example:
       collet-limiter run --model zai/glm-5 --fallback zai/glm-4.7 -- claude -p "fix the bug"
+      collet-limiter run -m zai/glm-5 --cooldown-on-exit 75:60 -- ./ask-glm.sh
     """
     from ._run import RunRequest, default_holder
     from ._run import run as run_command
@@ -251,6 +274,7 @@ def run(
         timeout=timeout,
         holder=holder if holder is not None else default_holder(command),
         timeout_exit_code=timeout_exit_code,
+        cooldown_on_exit=cooldown_on_exit,
     )
     return run_command(request, db=found.db, config=found.config())
 

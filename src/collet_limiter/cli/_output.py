@@ -50,6 +50,7 @@ def dumps(data: dict[str, Any]) -> str:
 
 def model_data(model: ModelStatus) -> dict[str, Any]:
     """One model of ``status --json``."""
+    until = model.cooldown_until
     return {
         "key": str(model.key),
         "provider": model.key.provider,
@@ -61,7 +62,32 @@ def model_data(model: ModelStatus) -> dict[str, Any]:
         "supports_tool_use": model.supports_tool_use,
         "is_cli": model.is_cli,
         "configured": model.configured,
+        "effective_limit": model.effective_limit,
+        "cooldown_until": None if until is None else iso(until),
+        "cooldown_kind": model.cooldown_kind,
+        "cooldown_reason": model.cooldown_reason,
+        "cooldown_left_secs": round(model.cooldown_left, 3),
     }
+
+
+def limit_text(model: ModelStatus) -> str:
+    """The limit in force, and the configured one when an adaptive limit is lower: ``2 (of 3)``."""
+    if model.effective_limit < model.limit:
+        return f"{model.effective_limit} (of {model.limit})"
+    return str(model.limit)
+
+
+def cooldown_why(model: ModelStatus) -> str:
+    """Why a model cools down, as the library's verdicts say it: ``rate limited: HTTP 429``."""
+    kind = (model.cooldown_kind or "rate_limited").replace("_", " ")
+    return f"{kind}: {model.cooldown_reason}" if model.cooldown_reason else kind
+
+
+def cooldown_text(model: ModelStatus) -> str:
+    """``27.5s (exit code: command exited with 75)``; empty when the model is not cooling down."""
+    if model.cooldown_until is None:
+        return ""
+    return f"{duration(model.cooldown_left)} ({cooldown_why(model)})"
 
 
 def status_data(status: Status, *, db: str) -> dict[str, Any]:
@@ -252,9 +278,21 @@ def _file_lines(d: Diagnosis) -> list[str]:
 
 
 def status_line(status: Status) -> str:
-    """The whole status on one line, for logs and pipes: ``zai/glm-5 2/2 ... global 4/5``."""
-    models = "  ".join(
-        f"{m.key} {m.in_use}/{m.limit}" + (f" ({m.waiting} waiting)" if m.waiting else "")
-        for m in status.models
-    )
+    """The whole status on one line, for logs and pipes: ``zai/glm-5 2/2 ... global 4/5``.
+
+    A lowered adaptive limit reads ``zai/glm-5 1/2 (of 3)``, a cooldown
+    ``zai/glm-5 0/1 (cooling down 27.5s, exit code: command exited with 75)``.
+    """
+    models = "  ".join(_model_words(m) for m in status.models)
     return f"{models}  global {status.in_use}/{status.max_agents}  waiting {status.waiting}"
+
+
+def _model_words(model: ModelStatus) -> str:
+    words = f"{model.key} {model.in_use}/{model.effective_limit}"
+    if model.effective_limit < model.limit:
+        words += f" (of {model.limit})"
+    if model.waiting:
+        words += f" ({model.waiting} waiting)"
+    if model.cooldown_until is not None:
+        words += f" (cooling down {duration(model.cooldown_left)}, {cooldown_why(model)})"
+    return words

@@ -15,11 +15,18 @@ the signals as if it had been started directly; waiting in the queue happens in 
 so that Ctrl-C or SIGTERM while waiting gives the ticket back at once.
 
 Nothing is printed to stdout: the command's output passes through untouched.
+
+``--cooldown-on-exit CODE[:SECS]`` turns the command's exit status into what the library learns
+from a provider's 429: when the command ran and ``run`` is about to exit with CODE, the lease's
+model is reported (kind ``exit_code``) before the lease is released, so every process passes it
+over for SECS seconds (``[limiter] cooldown_secs`` without SECS).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import shlex
 import signal
@@ -27,7 +34,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from collet_limiter import AcquireTimeout, Limiter
+from collet_limiter import AcquireTimeout, Limiter, LimiterError
 
 from ._main import (
     EXIT_CANNOT_EXECUTE,
@@ -37,7 +44,7 @@ from ._main import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from collet_limiter import Config, Lease, ModelKey
 
@@ -65,6 +72,13 @@ RESTORED: Final = tuple(
     sig for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if (sig := getattr(signal, name, None))
 )
 HOLDER_CHARS: Final = 80
+# The longest cooldown --cooldown-on-exit accepts: a day, as the library caps a provider's
+# Retry-After. There is no command to end a cooldown early, so a typo must not cool a model
+# for a month.
+MAX_COOLDOWN_SECS: Final = 86_400.0
+COOLDOWN_FORM: Final = "write CODE or CODE:SECS, e.g. 75 or 75:30"
+
+log = logging.getLogger("collet_limiter.cli")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,75 @@ class RunRequest:
     timeout: float | None
     holder: str | None
     timeout_exit_code: int
+    # Exit status -> cooldown seconds (None: [limiter] cooldown_secs), from --cooldown-on-exit.
+    cooldown_on_exit: Mapping[int, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """How the command ended: the status ``run`` exits with, and in words for a report."""
+
+    status: int
+    how: str  # "exited with 75", "died of SIGKILL, status 137"
+    ran: bool = True  # False: it could not be started (127, 126)
+
+
+def parse_cooldown_on_exit(values: Sequence[str]) -> dict[int, float | None]:
+    """``--cooldown-on-exit`` values (``CODE`` or ``CODE:SECS``) as {status: seconds or None}.
+
+    Raises ValueError with a message that names the value, what is wrong, and how to write it.
+    """
+    parsed: dict[int, float | None] = {}
+    for value in values:
+        code_text, colon, secs_text = value.strip().partition(":")
+        code = _status_code(value, code_text.strip())
+        secs = _cooldown_secs(value, secs_text.strip()) if colon else None
+        if code in parsed:
+            raise ValueError(f"{value!r}: exit status {code} is given twice; give each once")
+        parsed[code] = secs
+    return parsed
+
+
+def _status_code(value: str, text: str) -> int:
+    if not text:
+        raise ValueError(f"{value!r}: CODE is missing; {COOLDOWN_FORM}")
+    if "," in value:
+        raise ValueError(
+            f"{value!r}: one CODE[:SECS] per option; repeat --cooldown-on-exit for more"
+        )
+    try:
+        code = int(text)
+    except ValueError:
+        raise ValueError(
+            f"{value!r}: CODE {text!r} is not an exit status; {COOLDOWN_FORM}"
+        ) from None
+    if code == 0:
+        raise ValueError(
+            f"{value!r}: CODE 0 is success, not a refusal; give a status from 1 to 255"
+        )
+    if not 1 <= code <= 255:
+        raise ValueError(f"{value!r}: CODE must be an exit status from 1 to 255")
+    return code
+
+
+def _cooldown_secs(value: str, text: str) -> float:
+    if not text:
+        raise ValueError(
+            f"{value!r}: SECS is missing after ':'; {COOLDOWN_FORM} "
+            "(CODE alone cools for [limiter] cooldown_secs)"
+        )
+    try:
+        secs = float(text)
+    except ValueError:
+        raise ValueError(
+            f"{value!r}: SECS {text!r} is not a number of seconds; {COOLDOWN_FORM}"
+        ) from None
+    if not math.isfinite(secs) or not 0 < secs <= MAX_COOLDOWN_SECS:
+        raise ValueError(
+            f"{value!r}: SECS must be more than 0 and at most {MAX_COOLDOWN_SECS:g} (a day); "
+            "leave it out (CODE alone) for [limiter] cooldown_secs"
+        )
+    return secs
 
 
 def default_holder(command: Sequence[str]) -> str:
@@ -98,10 +181,34 @@ def child_environment(lease: Lease) -> dict[str, str]:
     return env
 
 
-def exit_status(wait_status: int) -> int:
-    """A shell's exit status for a child's wait status: its code, or 128+N for signal N."""
+def finished(wait_status: int) -> Finished:
+    """The command's end from its wait status: its code, or as a shell says, 128+N for signal N."""
     code = os.waitstatus_to_exitcode(wait_status)
-    return code if code >= 0 else EXIT_SIGNAL_BASE - code
+    if code >= 0:
+        return Finished(code, f"exited with {code}")
+    status = EXIT_SIGNAL_BASE - code
+    return Finished(status, f"died of {_signal_name(-code)}, status {status}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def report_exit(lease: Lease, end: Finished, cooldowns: Mapping[int, float | None]) -> None:
+    """Cool the lease's model down for everyone when the command ended with a listed status.
+
+    A database error is a warning: the command's own status is what ``run`` exits with.
+    """
+    if not end.ran or end.status not in cooldowns:
+        return
+    reason = f"command {end.how}"
+    try:
+        lease.report_rate_limited(cooldowns[end.status], reason=reason, _kind="exit_code")
+    except LimiterError as exc:
+        log.warning("could not record the cooldown of %s (%s): %s", lease.key, reason, exc)
 
 
 def run(request: RunRequest, *, db: str | None, config: Config) -> int:
@@ -118,7 +225,9 @@ def run(request: RunRequest, *, db: str | None, config: Config) -> int:
             if isinstance(outcome, int):
                 return outcome
             with outcome as lease:
-                return _supervise(lease, request.command, waited_for, original_mask)
+                end = _supervise(lease, request.command, waited_for, original_mask)
+                report_exit(lease, end, request.cooldown_on_exit)  # before the release
+                return end.status
         finally:
             limiter.close()
     finally:
@@ -190,11 +299,11 @@ def _supervise(
     command: Sequence[str],
     waited_for: set[int],
     original_mask: set[int],
-) -> int:
-    """Run the command to its end, forwarding signals; its exit status."""
+) -> Finished:
+    """Run the command to its end, forwarding signals; how it ended."""
     pid = _spawn(command, child_environment(lease), original_mask)
     if pid < 0:
-        return -pid
+        return Finished(-pid, "could not be started", ran=False)
     while True:
         info = signal.sigtimedwait(waited_for, SAFETY_POLL_SECS)
         if info is not None and info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
@@ -202,4 +311,4 @@ def _supervise(
                 os.kill(pid, info.si_signo)
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
-            return exit_status(status)
+            return finished(status)

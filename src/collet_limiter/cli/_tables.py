@@ -13,7 +13,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ._output import duration, status_line
+from ._output import cooldown_text, duration, limit_text, status_line
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,11 +44,16 @@ def _yes_no(value: bool) -> str:
 
 
 def status_table(status: Status) -> RenderableType:
-    """Each model's limit, use and queue, with the global cap in the title."""
-    table = _table(
-        f"global cap {status.in_use}/{status.max_agents} in use, {status.waiting} waiting"
-    )
-    for name, justify in (
+    """Each model's limit, use and queue, with the global cap in the title.
+
+    The limit column shows the limit in force, ``2 (of 3)`` when an adaptive limit is lower than
+    the configured one; a cooldown column (time left, kind, reason) appears only while a model
+    is cooling down, so the usual table stays narrow.
+    """
+    cooling = sum(model.cooldown_until is not None for model in status.models)
+    title = f"global cap {status.in_use}/{status.max_agents} in use, {status.waiting} waiting"
+    table = _table(title + (f", {cooling} cooling down" if cooling else ""))
+    columns = [
         ("model", "left"),
         ("in use", "right"),
         ("limit", "right"),
@@ -56,19 +61,28 @@ def status_table(status: Status) -> RenderableType:
         ("tier", "left"),
         ("tools", "left"),
         ("kind", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    ]
+    if cooling:
+        columns.append(("cooldown", "left"))
+    for name, justify in columns:
+        # A cooldown's reason may be long: it alone wraps, so the other cells stay whole.
+        no_wrap = bool(cooling) and name != "cooldown"
+        table.add_column(name, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
     for model in status.models:
-        full = model.in_use >= model.limit
-        table.add_row(
+        full = model.in_use >= model.effective_limit
+        lowered = model.effective_limit < model.limit
+        cells: list[RenderableType] = [
             str(model.key) + ("" if model.configured else " *"),
             Text(str(model.in_use), style="bold red" if full else "green"),
-            str(model.limit),
+            Text(limit_text(model), style="yellow" if lowered else ""),
             Text(str(model.waiting), style="yellow" if model.waiting else ""),
             model.cost_tier.value,
             _yes_no(model.supports_tool_use),
             "cli" if model.is_cli else "api",
-        )
+        ]
+        if cooling:
+            cells.append(Text(cooldown_text(model), style="bold yellow"))
+        table.add_row(*cells)
     if any(not model.configured for model in status.models):
         note = Text("* not in the config's providers: added when first requested", style="dim")
         return Group(table, note)
