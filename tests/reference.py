@@ -30,7 +30,8 @@ The rules, as the README states them:
   adaptive limits the model's limit drops to one less than its holders at the report (never
   below 1, never raised by a report) and comes back one slot per recovery period without a
   report, up to the configured limit; a report without adaptive limits keeps a lowered limit
-  where it has climbed to and restarts its recovery. Leases above a lowered limit stay.
+  where it has climbed to and restarts its recovery. Leases above a lowered limit stay. Writing
+  another config keeps the cooldowns of the keys it keeps, and drops every adaptive limit.
 - Handing over (``Reference.serve``): whatever frees room (a release that finds its lease, a
   discard of an interrupted acquire, a close, a reap or a claim that reclaimed something)
   grants, in the same step, every ticket the walk of the whole queue then admits: in queue
@@ -169,9 +170,10 @@ class Reference:
         for key in demand_keys:
             new.setdefault(key, demand_row(config, key))
         self.rows, self.cap, self.config = new, config.max_agents, config
-        # What was learned stays with the keys the table keeps; a dropped row forgets it.
+        # A cooldown stays with the keys the table keeps (a dropped row forgets it); adaptive
+        # limits start again from the new config's limits.
         self.cooldowns = {k: v for k, v in self.cooldowns.items() if k in new}
-        self.lowered = {k: v for k, v in self.lowered.items() if k in new}
+        self.lowered = {}
         self.written = what_config_writes(config)
         self._rebase(self.rows)
         self.cap_allowance = max(self.cap_allowance, len(self.leases) - self.cap, 0)

@@ -241,16 +241,19 @@ def test_without_adaptive_mode_a_report_leaves_the_limit_alone(
     assert model_status(limiter, GLM5).effective_limit == 1
 
 
-def test_a_cooldown_survives_another_config_being_written(
+def test_another_config_keeps_a_cooldown_and_starts_adaptive_limits_again(
     open_limiter: Callable[..., Any],
 ) -> None:
-    first = open_limiter(config())
-    first.acquire(GLM5).report_rate_limited(120)
-    changed = dict(SMALL, collaboration={"max_agents": 7})
+    three = [{"name": "glm-5", "concurrency_limit": 3}, *SMALL["models"][1:]]
+    first = open_limiter(make_config(**dict(SMALL, models=three), limiter={"adaptive": True}))
+    held = [first.acquire(GLM5) for _ in range(3)]
+    assert held[0].report_rate_limited(120).effective_limit == 2
+    changed = dict(SMALL, models=three, collaboration={"max_agents": 7})
     second = open_limiter(make_config(**changed))
     status = model_status(second, GLM5)
     assert second.status().max_agents == 7
     assert status.cooldown_left == pytest.approx(120, abs=SLACK)
+    assert (status.limit, status.effective_limit) == (3, 3)
 
 
 def test_call_moves_to_the_next_model_after_a_refusal_and_returns_the_result(

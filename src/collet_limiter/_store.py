@@ -272,9 +272,13 @@ def write_config(
     conn.execute(delete(s.models))
     configured = {row.key for row in rows}
 
-    def learned(row: ModelRow) -> ModelRow:  # a cooldown survives a config change
+    def learned(row: ModelRow) -> ModelRow:
+        # A cooldown survives a config change; an adaptive limit does not: it was learned
+        # against the old configured limit, and the new one is the operator's new word.
         before = stored.get(row.key)
-        return row if before is None else replace(row, health=before.health)
+        if before is None or before.health is NOTHING_LEARNED:
+            return row
+        return replace(row, health=replace(before.health, effective=None, recover_secs=None))
 
     values = [_row_values(learned(row)) for row in rows]
     values += [_row_values(learned(demand(key))) for key in demand_keys if key not in configured]
