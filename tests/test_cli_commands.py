@@ -163,9 +163,10 @@ def test_status_json_has_the_documented_fields(
         status, out, err = cli("--db", str(database), "status", "--json")
     assert (status, err) == (0, "")
     data = json.loads(out)
-    assert set(data) == {"db", "max_agents", "in_use", "waiting", "models"}
-    assert (data["db"], data["max_agents"], data["in_use"], data["waiting"]) == (
+    assert set(data) == {"db", "exists", "max_agents", "in_use", "waiting", "models"}
+    assert (data["db"], data["exists"], data["max_agents"], data["in_use"], data["waiting"]) == (
         shown(database),
+        True,
         3,
         1,
         0,
@@ -224,9 +225,10 @@ def test_reading_does_not_write_another_config_to_the_database(
     assert after == before
 
 
-# A missing SQLite file; the missing PostgreSQL group is in tests/test_postgres_cli.py.
-@pytest.mark.parametrize("command", ["status", "leases", "watch", "explain zai/glm-5", "reap"])
-def test_reading_a_database_that_does_not_exist_creates_nothing(
+# A missing SQLite file; the missing PostgreSQL group is in tests/test_postgres_cli.py. status,
+# leases, watch and explain answer from the config instead: tests/test_first_minute.py.
+@pytest.mark.parametrize("command", ["reap", "reap --json"])
+def test_reaping_a_database_that_does_not_exist_is_an_error_and_creates_nothing(
     cli: Callable[..., tuple[int, str, str]], tmp_path: Path, command: str
 ) -> None:
     missing = tmp_path / "nothing-here.db"
@@ -235,7 +237,7 @@ def test_reading_a_database_that_does_not_exist_creates_nothing(
     assert err.startswith(
         f"collet-limiter: no database at {missing} yet: 'collet-limiter init' creates it"
     )
-    assert not missing.exists()
+    assert os.listdir(tmp_path) == []
 
 
 # --- leases ---------------------------------------------------------------------------------------
@@ -262,8 +264,8 @@ def test_leases_json_shows_holder_fallback_age_expiry_and_the_queue(
     second.release()
     assert status == 0
     data = json.loads(out)
-    assert set(data) == {"db", "leases", "waiters"}
-    assert data["db"] == shown(database)
+    assert set(data) == {"db", "exists", "leases", "waiters"}
+    assert (data["db"], data["exists"]) == (shown(database), True)
     by_holder = {lease["holder"]: lease for lease in data["leases"]}
     assert set(by_holder) == {"first", "second", "solo"}
     fallback = by_holder["second"]
@@ -322,7 +324,8 @@ def test_explain_lists_the_candidates_in_order_with_reasons(
         _, text, _ = cli("--db", str(database), "explain", "zai/glm-5")
     assert status == 0
     data = json.loads(out)
-    assert set(data) == {"db", "primary", "chain", "global", "choice", "candidates"}
+    assert set(data) == {"db", "exists", "primary", "chain", "global", "choice", "candidates"}
+    assert data["exists"] is True
     assert (data["primary"], data["chain"], data["choice"]) == (
         "zai/glm-5",
         ["claude/sonnet"],

@@ -138,8 +138,9 @@ def test_an_unreachable_server_is_one_line_naming_it_without_a_traceback(
 # --- a group that does not exist ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", READING)
-def test_reading_a_group_that_does_not_exist_says_so_and_creates_nothing(
+# status, leases, watch and explain answer from the config instead: tests/test_first_minute.py.
+@pytest.mark.parametrize("command", [["reap"], ["reap", "--json"]])
+def test_reaping_a_group_that_does_not_exist_says_so_and_creates_nothing(
     pg_server: PgServer, command: list[str]
 ) -> None:
     group = new_group(pg_server)

@@ -50,7 +50,7 @@ from ._store import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from sqlalchemy import Insert
     from sqlalchemy.engine import Connection
@@ -516,7 +516,14 @@ def explain(
     rows = read_models(conn)
     for key in (primary, *chain):
         rows.setdefault(key, demand(key))
-    snap = snapshot(conn, rows, None, now)
+    return judge(primary, chain, rows, snapshot(conn, rows, None, now))
+
+
+def judge(
+    primary: ModelKey, chain: Sequence[ModelKey], rows: Mapping[ModelKey, ModelRow], snap: Snapshot
+) -> tuple[list[Verdict], str]:
+    """``explain``'s verdicts from rows and a snapshot already read: pure, so that an Inspector
+    can answer for a database not created yet (the config's rows, nothing held or queued)."""
     global_ok, global_reason = snap.global_verdict()
     verdicts: list[Verdict] = []
     for candidate in plan(primary, chain, rows):

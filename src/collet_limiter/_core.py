@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Connection
 
+    from ._claim import Verdict
     from ._cooldown import Kind
+    from ._fairness import Snapshot
     from ._fallback import ModelRow
     from ._store import LeaseRecord, Outlook, Removed
 
@@ -539,22 +541,7 @@ class Core:
             now = self.read_now(conn)
             rows = _store.read_models(conn)
             snap = _store.snapshot(conn, rows, None, now)
-        waiting = snap.ahead  # for a fresh request, every waiter is ahead
-        ordered = sorted(rows.values(), key=lambda r: (r.position is None, r.position or 0, r.key))
-        return Status(
-            max_agents=snap.cap,
-            in_use=snap.total_held,
-            waiting=sum(waiting.values()),
-            models=tuple(
-                ModelStatus.of(
-                    r,
-                    now,
-                    in_use=snap.held.get(r.key, 0),
-                    waiting=waiting.get(r.key, 0),
-                )
-                for r in ordered
-            ),
-        )
+        return status_of(rows, snap, now)
 
     def explain(
         self,
@@ -568,11 +555,34 @@ class Core:
         with read_transaction(conn):
             now = self.read_now(conn)
             verdicts, global_reason = _claim.explain(conn, key, keys, self.demand, now)
-        return Explanation(
-            primary=key,
-            candidates=tuple(CandidateReport.from_verdict(v) for v in verdicts),
-            global_reason=global_reason,
-        )
+        return explanation_of(key, verdicts, global_reason)
+
+
+def status_of(rows: Mapping[ModelKey, ModelRow], snap: Snapshot, now: float) -> Status:
+    """The ``Status`` of rows and a snapshot already read (pure: ``Inspector`` also builds one
+    for a database not created yet, from the config's rows and an empty snapshot)."""
+    waiting = snap.ahead  # for a fresh request, every waiter is ahead
+    ordered = sorted(rows.values(), key=lambda r: (r.position is None, r.position or 0, r.key))
+    return Status(
+        max_agents=snap.cap,
+        in_use=snap.total_held,
+        waiting=sum(waiting.values()),
+        models=tuple(
+            ModelStatus.of(r, now, in_use=snap.held.get(r.key, 0), waiting=waiting.get(r.key, 0))
+            for r in ordered
+        ),
+    )
+
+
+def explanation_of(
+    primary: ModelKey, verdicts: Iterable[Verdict], global_reason: str
+) -> Explanation:
+    """The ``Explanation`` of ``_claim.explain``'s (or ``_claim.judge``'s) verdicts."""
+    return Explanation(
+        primary=primary,
+        candidates=tuple(CandidateReport.from_verdict(v) for v in verdicts),
+        global_reason=global_reason,
+    )
 
 
 class Retries:

@@ -11,11 +11,20 @@ PostgreSQL sessions started with ``default_transaction_read_only`` (in the start
 no statement of the session can write, autocommit ones included). ``reap`` is its only write,
 and takes its turn like every other writer: on SQLite the ``flock`` on ``<db>.lock`` first; on
 PostgreSQL the group's advisory lock, which every write transaction takes as it begins.
+
+Before anything has run there is no database to look at, and a new user's first ``collet-limiter
+status`` should still answer. With ``missing_ok`` an Inspector answers for a database that does
+not exist yet (no file; on PostgreSQL no group schema) from the config alone, as a database
+just created under it would read: its models, nothing held, nothing queued. It still creates
+nothing, and checks again at each read, so a long-lived one (``watch``) picks the database up
+once the first acquire creates it. Anything else wrong (not a collet-limiter database, a newer
+schema, a file it may not read, a server it cannot reach) is an error either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
-from ._core import Core
+from ._claim import judge
+from ._core import Core, explanation_of, status_of
 from ._engine import (
     Target,
     create_postgres_engine,
@@ -38,8 +48,10 @@ from ._errors import (
     StorageError,
     translate_driver_errors,
 )
+from ._keys import coerce_chain, coerce_key
 from ._migrate import known_revisions
 from ._schema import SCHEMA_REVISION
+from ._store import make_snapshot
 from ._wake import WriterLock
 
 if TYPE_CHECKING:
@@ -51,25 +63,67 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
     from ._config import Config
+    from ._fairness import Snapshot
+    from ._fallback import ModelRow
     from ._keys import ModelKey
     from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
 
 
-def _check_exists(path: Path) -> None:
+def _file_exists(path: Path, *, default: bool) -> bool:
+    """Whether the SQLite file exists; False when nothing has created it yet.
+
+    Only a missing file (or, for the default path, whose directories the first ``Limiter``
+    creates, a missing directory) is "not yet": anything else that keeps it from being read is an
+    error now, since the first acquire would fail on it too.
+    """
     display = str(path)
-    if not path.exists():
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # EACCES on a directory, ENOTDIR, ELOOP...: not a "not yet"
         raise DatabaseUnavailableError(
-            f"no database at {display} yet: 'collet-limiter init' creates it, and so does the "
-            "first acquire (check --db or COLLET_LIMITER_DB if you expected one)",
+            f"cannot read database {display}: {exc.strerror or exc}",
             path=display,
-            reason="missing",
-        )
-    if not path.is_file():
+            reason=exc.strerror or type(exc).__name__,
+        ) from exc
+    else:
+        if not stat.S_ISREG(found.st_mode):
+            raise DatabaseUnavailableError(
+                f"cannot use database {display}: it is not a regular file",
+                path=display,
+                reason="not a file",
+            )
+        return True
+    if not default and not path.parent.is_dir():
+        # A Limiter makes only the default path's directory: the first acquire here would fail.
         raise DatabaseUnavailableError(
-            f"cannot use database {display}: it is not a regular file",
+            f"no database at {display}, and its directory {path.parent} does not exist (a "
+            "Limiter creates only the default path's directory); create it, or check --db and "
+            "COLLET_LIMITER_DB",
             path=display,
-            reason="not a file",
+            reason="missing directory",
         )
+    return False
+
+
+def _missing_file(display: str) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"no database at {display} yet: 'collet-limiter init' creates it, and so does the "
+        "first acquire (check --db or COLLET_LIMITER_DB if you expected one)",
+        path=display,
+        reason="missing",
+    )
+
+
+def _missing_group(target: Target) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"no limiter group {target.schema!r} on {target.host} yet ({target.display}): "
+        "'collet-limiter init' creates it, and so does the first acquire (check --db or "
+        "COLLET_LIMITER_DB, and its ?schema=, if you expected one)",
+        path=target.display,
+        reason="missing",
+    )
 
 
 def _read_only_session(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
@@ -140,6 +194,13 @@ def stored_revision(conn: Connection, target: Target) -> str | None:
     return None if revision is None else str(revision)
 
 
+def _holds_nothing(conn: Connection) -> bool:
+    """Whether a SQLite file has no table at all: an empty file, or one whose first ``Limiter``
+    has not committed the schema yet (it creates it in one transaction; see ``_migrate``)."""
+    with read_transaction(conn):
+        return conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar() == 0
+
+
 def _check_schema(display: str, revision: str | None) -> None:
     if revision is None:
         raise StorageError(
@@ -167,7 +228,7 @@ def _check_schema(display: str, revision: str | None) -> None:
 
 
 class Inspector:
-    """A read-only view of an existing limiter database: status, leases, waiters, explain.
+    """A read-only view of a limiter database: status, leases, waiters, explain.
 
     ``db`` and ``config`` are resolved as for ``Limiter``. Opening checks that the database
     exists and has the current schema (else a ``StorageError`` saying what to run), and creates,
@@ -179,14 +240,31 @@ class Inspector:
     PostgreSQL the group's schema must exist (else ``DatabaseUnavailableError``, as for a
     missing file) and the server refuses writes on the sessions (``default_transaction_read_only``).
 
+    ``missing_ok=True`` accepts a database that nothing has created yet: no file (nor, for the
+    default path, its directory), a SQLite file without any table (empty, or the first
+    ``Limiter`` is creating the schema this moment), or on PostgreSQL no group schema (created
+    in the same transaction as its tables). ``exists`` is then False, and ``status``,
+    ``leases``, ``waiters`` and ``explain`` answer as a database just created under ``config``
+    would: the config's models and global cap, nothing in use, nothing queued, every eligible
+    candidate with room. Still nothing is created (no file, directory, lock file or schema),
+    and each read checks again, using the database from the first read that finds it. Only
+    "does not exist" is accepted: a file that is not a collet-limiter database, a newer schema,
+    a path it may not read, an explicit path in a missing directory (which the first acquire
+    would not create either) or a server it cannot reach raise as without ``missing_ok``.
+
     ``reap`` is the one write: it waits for the writer lock (``<db>.lock``, created if missing;
     on PostgreSQL the group's advisory lock) up to the busy timeout, as ``Limiter`` does, then
-    raises ``DatabaseBusyError``.
+    raises ``DatabaseBusyError``. On a database that does not exist yet (``missing_ok``) it
+    removes nothing and creates no lock file.
     Thread-safe; close it (or use ``with``) when done.
     """
 
     def __init__(
-        self, db: str | os.PathLike[str] | None = None, *, config: Config | None = None
+        self,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        config: Config | None = None,
+        missing_ok: bool = False,
     ) -> None:
         self._core = core = Core(
             db,
@@ -196,31 +274,62 @@ class Inspector:
             poll_interval=None,
             max_poll_interval=None,
         )
-        target = core.target
-        if target.path is not None:
-            _check_exists(target.path)
-        self._engine: Engine = create_inspect_engine(target, busy_timeout_ms=core.busy_timeout_ms)
+        self._missing_ok = missing_ok
+        self._engine: Engine = create_inspect_engine(
+            core.target, busy_timeout_ms=core.busy_timeout_ms
+        )
         self._closed = False
         # reap's own writable connection and writer lock, made on its first call
         self._write_lock = threading.Lock()
         self._write_engine: Engine | None = None
         self._writer: WriterLock | None = None
         try:
-            with self._connection() as conn:
-                if target.schema is not None and not group_exists(conn, target.schema):
-                    raise DatabaseUnavailableError(
-                        f"no limiter group {target.schema!r} on {target.host} yet "
-                        f"({core.display}): 'collet-limiter init' creates it, and so does the "
-                        "first acquire (check --db or COLLET_LIMITER_DB, and its ?schema=, if "
-                        "you expected one)",
-                        path=core.display,
-                        reason="missing",
-                    )
-                revision = stored_revision(conn, target)
-            _check_schema(core.display, revision)
+            self._exists = self._look()
         except BaseException:
             self.close()
             raise
+
+    def _look(self) -> bool:
+        """Whether the database exists, with the current schema (else an error saying why not);
+        False when nothing has created it yet and ``missing_ok``."""
+        core = self._core
+        target = core.target
+        if target.path is not None and not _file_exists(target.path, default=core.is_default_path):
+            if not self._missing_ok:
+                raise _missing_file(core.display)
+            return False
+        with self._connection() as conn:
+            if target.schema is not None and not group_exists(conn, target.schema):
+                if not self._missing_ok:
+                    raise _missing_group(target)
+                return False
+            # Before the revision: a schema committed in between is then read whole.
+            if self._missing_ok and target.is_sqlite and _holds_nothing(conn):
+                return False  # the first Limiter is creating it right now: not yet
+            revision = stored_revision(conn, target)
+        _check_schema(core.display, revision)
+        return True
+
+    def _present(self) -> bool:
+        """Whether to read the database (True) or answer for one not created yet (False)."""
+        if self._closed:
+            raise LimiterClosedError(f"Inspector on {self._core.display} is closed")
+        if not self._exists:  # until a read finds it; then for good
+            self._exists = self._look()
+        return self._exists
+
+    def _unwritten(
+        self, keys: Iterable[ModelKey] = ()
+    ) -> tuple[dict[ModelKey, ModelRow], Snapshot, float]:
+        """What a database just created under this config would read: the rows ``Limiter``
+        writes (plus ``keys``, as added on demand), nothing held, nothing queued, its cap."""
+        core = self._core
+        rows = {row.key: row for row in core.config_rows}
+        for key in keys:
+            rows.setdefault(key, core.demand(key))
+        now = core.estimated_now()
+        snap = make_snapshot(rows, now, held={}, ahead={}, cap=core.config.max_agents)
+        return rows, snap, now
 
     @property
     def db(self) -> str:
@@ -231,6 +340,15 @@ class Inspector:
     def config(self) -> Config:
         """The config in use here (``explain`` uses it for keys the database lacks)."""
         return self._core.config
+
+    @property
+    def exists(self) -> bool:
+        """Whether the database existed at the last read (at opening, before any).
+
+        Always True without ``missing_ok``. With it, False means that read answered from the
+        config alone, as for a database just created (nothing had run yet).
+        """
+        return self._exists
 
     def now(self) -> float:
         """The database's time now (seconds since the epoch), to measure lease ages against.
@@ -248,16 +366,22 @@ class Inspector:
 
     def status(self) -> Status:
         """The global cap and each model's limit, use and queue, as ``Limiter.status``."""
+        if not self._present():
+            return status_of(*self._unwritten())
         with self._connection() as conn:
             return self._core.status(conn)
 
     def leases(self) -> list[LeaseInfo]:
         """Every lease in the database, oldest first."""
+        if not self._present():
+            return []
         with self._connection() as conn:
             return self._core.leases(conn)
 
     def waiters(self) -> list[TicketInfo]:
         """Every queued waiter, in the order they will be served."""
+        if not self._present():
+            return []
         with self._connection() as conn:
             return self._core.waiters(conn)
 
@@ -267,8 +391,13 @@ class Inspector:
         fallback_chain: Iterable[ModelKey | str] | str | None = None,
     ) -> Explanation:
         """The candidates a fresh ``acquire_with_fallback`` would try now, each with a reason."""
-        with self._connection() as conn:
-            return self._core.explain(conn, primary, fallback_chain)
+        if self._present():
+            with self._connection() as conn:
+                return self._core.explain(conn, primary, fallback_chain)
+        key = coerce_key(primary, what="primary model")
+        chain = coerce_chain(fallback_chain)
+        rows, snap, _ = self._unwritten((key, *chain))
+        return explanation_of(key, *judge(key, chain, rows, snap))
 
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now.
@@ -279,8 +408,8 @@ class Inspector:
         """
         core = self._core
         with self._write_lock:
-            if self._closed:
-                raise LimiterClosedError(f"Inspector on {core.display} is closed")
+            if not self._present():
+                return []  # nothing to remove, and no lock file to leave behind
             if self._write_engine is None:
                 self._write_engine = create_inspect_engine(
                     core.target, busy_timeout_ms=core.busy_timeout_ms, writable=True
@@ -356,4 +485,7 @@ class Inspector:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Inspector {self._core.display}{' closed' if self._closed else ''}>"
+        state = (" (no database yet)" if not self._exists else "") + (
+            " closed" if self._closed else ""
+        )
+        return f"<Inspector {self._core.display}{state}>"

@@ -42,11 +42,15 @@ class Settings:
             self._config = load_config(self.config_path)
         return self._config
 
-    def inspector(self) -> Inspector:
-        """A read-only view of the database (creates and writes nothing)."""
+    def inspector(self, *, missing_ok: bool = False) -> Inspector:
+        """A read-only view of the database (creates and writes nothing).
+
+        ``missing_ok``: a database nothing has created yet reads as empty under the config in
+        use (``Inspector.exists`` False) instead of being an error.
+        """
         from collet_limiter import Inspector
 
-        return Inspector(self.db, config=self.config())
+        return Inspector(self.db, config=self.config(), missing_ok=missing_ok)
 
 
 def _setter(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
@@ -284,16 +288,22 @@ def run(
 @global_options
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> int:
-    """Each model's limit, use and queue, and the global cap."""
-    from ._output import dumps, status_data
+    """Each model's limit, use and queue, and the global cap.
 
-    with settings(ctx).inspector() as inspector:
+    Before anything has run (no database yet) it shows the config's models, none in use.
+    """
+    from ._output import dumps, missing_line, status_data
+
+    with settings(ctx).inspector(missing_ok=True) as inspector:
         result = inspector.status()
+        exists = inspector.exists
         if as_json:
-            click.echo(dumps(status_data(result, db=inspector.db)))
+            click.echo(dumps(status_data(result, db=inspector.db, exists=exists)))
             return 0
         from ._tables import make_console, status_table
 
+        if not exists:
+            click.echo(missing_line(inspector.db))
         make_console().print(status_table(result))
     return 0
 
@@ -304,16 +314,20 @@ def status(ctx: click.Context, as_json: bool) -> int:
 @click.pass_context
 def leases(ctx: click.Context, as_json: bool) -> int:
     """Who holds what: each lease's model, how it was granted, holder, age, expiry; the queue."""
-    from ._output import dumps, leases_data
+    from ._output import dumps, leases_data, missing_line
 
-    with settings(ctx).inspector() as inspector:
+    with settings(ctx).inspector(missing_ok=True) as inspector:
         # Ages and expiries against the database's clock (the server's, on PostgreSQL).
         held, queued, now = inspector.leases(), inspector.waiters(), inspector.now()
+        exists = inspector.exists
         if as_json:
-            click.echo(dumps(leases_data(held, queued, db=inspector.db, now=now)))
+            data = leases_data(held, queued, db=inspector.db, now=now, exists=exists)
+            click.echo(dumps(data))
             return 0
         from ._tables import leases_table, make_console, waiters_table
 
+        if not exists:
+            click.echo(missing_line(inspector.db))
         console = make_console()
         console.print(leases_table(held, now=now))
         if queued:
@@ -337,11 +351,12 @@ def leases(ctx: click.Context, as_json: bool) -> int:
 def watch(ctx: click.Context, interval: float, count: int | None) -> int:
     """A live view of status, leases and the queue; q or Ctrl-C quits.
 
-    When stdout is not a terminal it prints one status line per refresh instead.
+    When stdout is not a terminal it prints one status line per refresh instead. Before
+    anything has run it shows the config's models, and the database once something creates it.
     """
     from ._watch import watch as watch_view
 
-    with settings(ctx).inspector() as inspector:
+    with settings(ctx).inspector(missing_ok=True) as inspector:
         return watch_view(inspector, interval=interval, count=count)
 
 
@@ -359,17 +374,24 @@ def explain(
     agent: str | None,
     as_json: bool,
 ) -> int:
-    """The candidates an acquire would try right now, in order, and why each is or is not taken."""
-    from ._output import dumps, explanation_data
+    """The candidates an acquire would try right now, in order, and why each is or is not taken.
+
+    Before anything has run (no database yet) every candidate has room, under the config in use.
+    """
+    from ._output import dumps, explanation_data, missing_line
 
     chain = full_chain(fallback, agent)
-    with settings(ctx).inspector() as inspector:
+    with settings(ctx).inspector(missing_ok=True) as inspector:
         result = inspector.explain(model, chain)
+        exists = inspector.exists
         if as_json:
-            click.echo(dumps(explanation_data(result, chain=chain, db=inspector.db)))
+            data = explanation_data(result, chain=chain, db=inspector.db, exists=exists)
+            click.echo(dumps(data))
             return 0
         from ._tables import explain_table, explain_verdict, make_console
 
+        if not exists:
+            click.echo(missing_line(inspector.db))
         console = make_console()
         console.print(explain_table(result))
         console.print(explain_verdict(result))

@@ -90,10 +90,19 @@ def cooldown_text(model: ModelStatus) -> str:
     return f"{duration(model.cooldown_left)} ({cooldown_why(model)})"
 
 
-def status_data(status: Status, *, db: str) -> dict[str, Any]:
-    """``status --json``."""
+def missing_line(db: str) -> str:
+    """What the reading commands say before anything has created the database."""
+    return (
+        f"no database yet at {db}: nothing has run; the first acquire (or 'collet-limiter init') "
+        "creates it"
+    )
+
+
+def status_data(status: Status, *, db: str, exists: bool = True) -> dict[str, Any]:
+    """``status --json``; ``exists`` False: no database yet, the config's models shown."""
     return {
         "db": db,
+        "exists": exists,
         "max_agents": status.max_agents,
         "in_use": status.in_use,
         "waiting": status.waiting,
@@ -133,23 +142,30 @@ def waiter_data(ticket: TicketInfo, *, now: float) -> dict[str, Any]:
 
 
 def leases_data(
-    leases: Sequence[LeaseInfo], waiters: Sequence[TicketInfo], *, db: str, now: float
+    leases: Sequence[LeaseInfo],
+    waiters: Sequence[TicketInfo],
+    *,
+    db: str,
+    now: float,
+    exists: bool = True,
 ) -> dict[str, Any]:
     """``leases --json``: every lease, and the queue in the order it will be served."""
     return {
         "db": db,
+        "exists": exists,
         "leases": [lease_data(lease, now=now) for lease in leases],
         "waiters": [waiter_data(ticket, now=now) for ticket in waiters],
     }
 
 
 def explanation_data(
-    explanation: Explanation, *, chain: Sequence[ModelKey], db: str
+    explanation: Explanation, *, chain: Sequence[ModelKey], db: str, exists: bool = True
 ) -> dict[str, Any]:
     """``explain --json``."""
     choice = explanation.choice
     return {
         "db": db,
+        "exists": exists,
         "primary": str(explanation.primary),
         "chain": [str(key) for key in chain],
         "global": explanation.global_reason,

@@ -13,7 +13,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ._output import cooldown_text, duration, limit_text, status_line
+from ._output import cooldown_text, duration, limit_text, missing_line, status_line
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -218,6 +218,8 @@ def live_view(
     except StorageError as exc:
         parts.append(Text(f"cannot read {inspector.db}: {exc} (retrying)", style="bold red"))
     else:
+        if not inspector.exists:
+            parts.append(Text(missing_line(inspector.db), style="yellow"))
         parts += [status_table(status), leases_table(leases, now=now)]
         if waiters:
             parts.append(waiters_table(waiters, now=now))
@@ -236,4 +238,6 @@ def plain_snapshot(inspector: Inspector) -> str:
         status = inspector.status()
     except StorageError as exc:
         return f"{stamp}  cannot read {inspector.db}: {exc}"
-    return f"{stamp}  {status_line(status)}"
+    # Before anything has run: the config's models, all free, and why there is nothing more.
+    missing = "" if inspector.exists else "  (no database yet)"
+    return f"{stamp}  {status_line(status)}{missing}"
