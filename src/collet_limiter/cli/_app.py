@@ -14,7 +14,7 @@ import click
 
 from collet_limiter import Config, ModelKey, __version__, load_agent_chain, load_config
 
-from ._main import EXIT_PROBLEMS, EXIT_TIMEOUT, setup_logging
+from ._main import EXIT_CONFIG, EXIT_PROBLEMS, EXIT_TIMEOUT, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -177,6 +177,12 @@ def json_option(func: F) -> F:
     )
 
 
+class MissingExtraError(click.ClickException):
+    """An optional dependency of a command is not installed (exit 3, as for the environment)."""
+
+    exit_code = EXIT_CONFIG
+
+
 class Commands(click.Group):
     """Lists the commands in the order they were defined (the order of the README)."""
 
@@ -195,7 +201,8 @@ def cli(ctx: click.Context) -> None:
     """Per-model concurrency limits for LLM calls, shared by every process on this machine.
 
     Gate a command with a permit (run), see who holds what (status, leases, watch, explain),
-    clean up (reap), check the database (init, doctor), or watch it all work (demo).
+    export it to Prometheus (metrics), clean up (reap), check the database (init, doctor), or
+    watch it all work (demo).
     Exit statuses: 0 ok, 1 problems found, 2 usage, 3 config, 4 database, 75 run timeout;
     run otherwise exits with its command's status.
     """
@@ -396,6 +403,57 @@ def explain(
         console.print(explain_table(result))
         console.print(explain_verdict(result))
     return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--serve",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve GET /metrics on 127.0.0.1:PORT (loopback only; 0: any free port), reading afresh "
+    "for each scrape, until SIGINT or SIGTERM.",
+)
+@global_options
+@click.pass_context
+def metrics(ctx: click.Context, serve: int | None) -> int:
+    """The state in the Prometheus text format: per model limits, use, queue and cooldowns.
+
+    Prints it once, for node_exporter's textfile collector, or with --serve PORT answers
+    scrapes on 127.0.0.1 only. Before anything has run it shows the config's models with
+    nothing in use and database_exists 0. Needs prometheus-client: pip install
+    'collet-limiter[metrics]' (without it, exit 3).
+
+    \b
+    Example:
+      dir=/var/lib/node_exporter/textfile
+      collet-limiter metrics > $dir/collet.prom.$$ && mv $dir/collet.prom.$$ $dir/collet.prom
+      collet-limiter metrics --serve 9464
+    """
+    found = settings(ctx)
+    try:
+        from ._metrics import PortUnavailableError, exposition, listen
+        from ._metrics import serve as serve_scrapes
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "prometheus_client":
+            raise
+        raise MissingExtraError(
+            "metrics needs prometheus-client, which is not installed: pip install "
+            "'collet-limiter[metrics]'"
+        ) from None
+    with found.inspector(missing_ok=True) as inspector:
+        if serve is None:
+            click.echo(exposition(inspector), nl=False)
+            return 0
+        try:
+            server = listen(serve, inspector)
+        except PortUnavailableError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--serve'") from None
+
+        def announce(line: str) -> None:
+            if not found.quiet:
+                click.echo(f"collet-limiter: {line}; Ctrl-C or SIGTERM stops", err=True)
+
+        return serve_scrapes(server, announce=announce)
 
 
 @cli.command(context_settings=CONTEXT)
