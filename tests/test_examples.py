@@ -8,7 +8,6 @@ trusted: the figures asserted are the fake provider's own counts.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import re
 import shutil
@@ -22,12 +21,12 @@ import pytest
 
 from collet_limiter import Limiter, ModelKey, load_config
 
+from .examples import EXAMPLES, load_example
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from types import ModuleType
 
 ROOT: Final = Path(__file__).resolve().parents[1]
-EXAMPLES: Final = ROOT / "examples"
 # Seconds an example may take before it counts as hung; they take 3 to 30 s on 2 cores.
 TIMEOUT: Final = 240
 # A line of an example's summary, as the fake provider counted: model, requests, answered, 429s,
@@ -40,19 +39,7 @@ SERVER_LINE: Final = re.compile(
 )
 
 
-def _load_example(name: str) -> ModuleType:
-    """examples/NAME.py, loaded by path once per process (examples/ is no package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
-
-
-fake_provider = _load_example("fake_provider")
+fake_provider = load_example("fake_provider")
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import resource
 import signal
@@ -27,25 +26,15 @@ import anthropic
 import openai
 import pytest
 
+from .examples import load_example
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from types import ModuleType
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fake_provider.py"
 
 
-def _load_example() -> ModuleType:
-    if "fake_provider" in sys.modules:
-        return sys.modules["fake_provider"]
-    spec = importlib.util.spec_from_file_location("fake_provider", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fake_provider"] = module  # dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
-
-
-fake_provider = _load_example()
+fake_provider = load_example("fake_provider")
 FakeProvider = fake_provider.FakeProvider
 
 MODEL = {"openai": "gpt-4o", "anthropic": "claude-sonnet"}

@@ -21,11 +21,8 @@ import collections
 import contextlib
 import dataclasses
 import gc
-import importlib.util
 import multiprocessing
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anthropic
@@ -34,26 +31,14 @@ import pytest
 
 from collet_limiter import AsyncLimiter, Config, Limiter, ModelKey
 
+from .examples import load_example
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from types import ModuleType
-
-EXAMPLES: Final = Path(__file__).resolve().parents[1] / "examples"
+    from pathlib import Path
 
 
-def _load_example(name: str) -> ModuleType:
-    """examples/NAME.py, loaded by path once per process (examples/ is no package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
-
-
-FakeProvider = _load_example("fake_provider").FakeProvider
+FakeProvider = load_example("fake_provider").FakeProvider
 
 # What the fake provider allows at once, and the limiter's config saying the same.
 SERVER_LIMITS: Final = {"gpt-4o": 3, "claude-sonnet": 2}
