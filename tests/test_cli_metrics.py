@@ -25,7 +25,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from collet_limiter import CostTier, Limiter, ModelKey, ModelStatus, Status, load_config
-from collet_limiter._cooldown import KINDS
 from collet_limiter._engine import resolve_target
 from collet_limiter.cli._metrics import COOLDOWN_KINDS, Reading, families
 
@@ -257,10 +256,6 @@ def test_a_cooldown_of_a_kind_this_version_does_not_know_gets_its_own_series() -
         for sample in family.samples
     }
     assert kinds == {**dict.fromkeys(COOLDOWN_KINDS, 0), "solar_flare": 1}
-
-
-def test_the_cooldown_kinds_are_the_librarys() -> None:
-    assert COOLDOWN_KINDS == KINDS
 
 
 # --- served ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from collet_limiter import LimiterError
+from collet_limiter._cooldown import KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -47,8 +48,8 @@ HOST: Final = "127.0.0.1"  # loopback only: the state names models and holders; 
 PATH: Final = "/metrics"
 # The cooldown kinds the library reports (README, "When the provider says 429"). Each model gets
 # a series for every one of them, 0 or 1, so that a series does not appear and vanish as
-# cooldowns come and go; a kind not listed here (a newer library) is added when it shows up.
-COOLDOWN_KINDS: Final = ("rate_limited", "overloaded", "quota", "exit_code")
+# cooldowns come and go; a kind not listed (written by a newer library) is added when it shows up.
+COOLDOWN_KINDS: Final = KINDS
 # A scrape's client that connects and then says nothing is dropped after this long, so that it
 # cannot hold up the (one-at-a-time) server; a real scrape sends its request at once.
 REQUEST_TIMEOUT_SECS: Final = 10.0
