@@ -442,7 +442,9 @@ class AsyncLimiter:
                         await asyncio.wait_for(step.waiter.event.wait(), step.seconds)
                     step.waiter.event.clear()
                 else:
-                    await self._transact(partial(runtime.discard, step.request))
+                    await self._transact(
+                        partial(runtime.discard, step.request, step.outcome, step.reason)
+                    )
             except BaseException as exc:  # noqa: BLE001 - thrown back into the loop
                 error = exc
 

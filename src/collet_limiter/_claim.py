@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Integer, and_, bindparam, cast, delete, exists, func, insert, select
 
+from . import _events
 from . import _schema as s
-from ._cooldown import effective_limit
+from ._cooldown import cooling, effective_limit
 from ._engine import Prepared, batch
 from ._fairness import Snapshot, ahead_of_each
 from ._fallback import Candidate, Via, plan
@@ -84,6 +85,9 @@ class ClaimRequest:
     ticket_token: str
     ttl: float
     wake_addr: str | None = None  # where the waiter listens for its wake-up
+    # When the request began (its first claim's time), once known: how long it waited.
+    requested_ts: float | None = None
+    history: bool = False  # write its events (``[limiter] history``)
 
 
 @dataclass(slots=True)
@@ -97,6 +101,7 @@ class ClaimResult:
     reaped: list[Removed] = field(default_factory=list)
     requeued: bool = False  # the request's ticket had been reaped and was queued again
     wake: list[tuple[str, int]] = field(default_factory=list)  # to notify after commit
+    at: float = 0.0  # the claim's time
 
 
 # --- the one-statement paths -------------------------------------------------------------------
@@ -104,7 +109,7 @@ class ClaimResult:
 _LEASE_COLUMNS: Final = (
     "token", "provider", "model", "primary_provider", "primary_model", "via", "holder", "pid",
     "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at", "acquired_ts",
-    "expires_ts",
+    "expires_ts", "requested_ts",
 )  # fmt: skip
 
 
@@ -125,17 +130,16 @@ def _room_ahead_of(ticket: Any) -> Any:
     lease_on = (s.leases.c.provider == provider) & (s.leases.c.model == model)
     ahead = s.waiters.c.id < ticket
     ahead_on = ahead & (s.waiters.c.provider == provider) & (s.waiters.c.model == model)
-    # Only a model that learned nothing takes this path: one cooling down, or with an adaptive
-    # limit, has no limit here (NULL), and goes on to the general path, which applies _cooldown.
-    now: Any = bindparam("v_acquired_ts")
-    until = s.models.c.cooldown_until_ts
+    # Only a model that learned nothing takes this path: one with a cooldown (ongoing, or
+    # ended and not yet recorded as ended), or with an adaptive limit, has no limit here (NULL),
+    # and goes on to the general path, which applies _cooldown and forgets what is over.
     limit = (
         select(s.models.c.concurrency_limit)
         .where(
             (s.models.c.provider == provider)
             & (s.models.c.model == model)
             & s.models.c.effective_limit.is_(None)
-            & (until.is_(None) | (until <= now))
+            & s.models.c.cooldown_until_ts.is_(None)
         )
         .scalar_subquery()
     )
@@ -177,6 +181,7 @@ _INSERT_LEASE: Final = insert(s.leases)
 _TICKET_COLUMNS: Final = (
     "token", "provider", "model", "holder", "pid", "pid_start", "host_id", "hostname", "owner",
     "enqueued_at", "expires_at", "enqueued_ts", "expires_ts", "wake_addr", "lease_token",
+    "requested_ts",
 )  # fmt: skip
 _INSERT_TICKET: Final = insert(s.waiters).values({c: bindparam(c) for c in _TICKET_COLUMNS})
 _ENQUEUE: Final = Prepared(_INSERT_TICKET)
@@ -203,6 +208,7 @@ def _lease_values(request: ClaimRequest, key: ModelKey, via: Via, now: float) ->
         "expires_at": utc_text(expires),
         "acquired_ts": now,
         "expires_ts": expires,
+        "requested_ts": now if request.requested_ts is None else request.requested_ts,
     }
 
 
@@ -390,31 +396,33 @@ def claim(
         request = recovered
     fast, prefetched = _first_look(conn, request, now)
     if fast is not None:
-        return ClaimResult(fast, None)
+        return ClaimResult(fast, None, at=now)
     ticket, requeued, rows, (granted, verdicts, global_reason) = _decide_first(
         conn, request, demand, now, prefetched
     )
-    forget_recovered(conn, rows, now)
+    forget_recovered(conn, rows, now, history=request.history)
     reaped: list[Removed] = []
     if granted is None or granted is not verdicts[0]:
         # Something stood in the way of the primary: if it is dead or expired, reclaim it and
         # decide again, so that a crashed holder never pushes a request onto a fallback.
-        reaped = reap(conn, now, my_host=request.holder.host_id)
+        reaped = reap(conn, now, my_host=request.holder.host_id, history=request.history)
         if reaped:
             again, requeued_now, (granted, verdicts, global_reason) = _decide_now(
                 conn, replace(request, ticket=ticket), rows, now
             )
             ticket, requeued = again, requeued or requeued_now
 
-    result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued)
+    result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued, at=now)
     if granted is not None:
         values = _lease_values(request, granted.candidate.key, granted.candidate.via, now)
         lease_id = conn.execute(_INSERT_LEASE, values).inserted_primary_key
         assert lease_id is not None
-        result.lease = _record(values, int(lease_id[0]))
+        result.lease = lease = _record(values, int(lease_id[0]))
         if ticket is not None:
             _DELETE_TICKET.execute(conn, {"ticket_id": ticket}).close()
             result.ticket = None
+        if request.history and lease.via not in ("primary", "queue"):
+            _fell_back(conn, request, lease, verdicts[0].reason, now)
     elif ticket is None and (request.enqueue or requeued):
         result.ticket = enqueue(conn, request, now)
     if reaped:  # what we reclaimed and did not take ourselves may let others in
@@ -422,15 +430,63 @@ def claim(
     return result
 
 
-def forget_recovered(conn: Connection, rows: dict[ModelKey, ModelRow], now: float) -> None:
-    """Clear the adaptive limit of models whose limit climbed back to the configured one, so
-    that their claims take the one-statement path again. Write transaction."""
+def _fell_back(
+    conn: Connection, request: ClaimRequest, lease: LeaseRecord, why: str, now: float
+) -> None:
+    _events.record(
+        conn,
+        "fell_back",
+        now,
+        provider=lease.key.provider,
+        model=lease.key.model,
+        primary_provider=request.primary.provider,
+        primary_model=request.primary.model,
+        via=lease.via,
+        lease_id=lease.id,
+        holder=lease.holder,
+        pid=lease.pid,
+        hostname=lease.hostname,
+        waited_ms=(now - (lease_requested(request, now))) * 1000.0,
+        reason=why,
+    )
+
+
+def lease_requested(request: ClaimRequest, now: float) -> float:
+    """When ``request`` began (``now`` for its first claim)."""
+    return now if request.requested_ts is None else request.requested_ts
+
+
+def forget_recovered(
+    conn: Connection, rows: dict[ModelKey, ModelRow], now: float, *, history: bool
+) -> None:
+    """Clear what no longer applies, so that claims of the model take the one-statement path
+    again: an adaptive limit that climbed back to the configured one, a cooldown that ended.
+    With ``history``, record them (``limit_changed``, and ``cooldown_ended`` stamped with the
+    moment it ended). Write transaction."""
     for key, row in rows.items():
         health = row.health
-        if health.effective is not None and effective_limit(row.limit, health, now) >= row.limit:
+        until = health.cooldown_until
+        recovered = (
+            health.effective is not None and effective_limit(row.limit, health, now) >= row.limit
+        )
+        ended = until is not None and not cooling(health, now)
+        if not (recovered or ended):
+            continue
+        where = {"provider": key.provider, "model": key.model}
+        if recovered:
             health = replace(health, effective=None, recover_secs=None)
-            store_health(conn, key, health)
-            rows[key] = replace(row, health=health)
+            if history:
+                _events.record(
+                    conn, "limit_changed", now, limit_before=row.health.effective,
+                    limit_after=row.limit, reason="adaptive limit recovered", **where,
+                )  # fmt: skip
+        if ended and until is not None:
+            kind = health.cooldown_kind
+            health = replace(health, cooldown_until=None, cooldown_kind=None, cooldown_reason=None)
+            if history:
+                _events.record(conn, "cooldown_ended", until, cooldown_kind=kind, **where)
+        store_health(conn, key, health)
+        rows[key] = replace(row, health=health)
 
 
 def _recover(conn: Connection, request: ClaimRequest) -> ClaimResult | ClaimRequest:
@@ -465,14 +521,20 @@ def enqueue(conn: Connection, request: ClaimRequest, now: float) -> int:
         "expires_ts": expires,
         "wake_addr": request.wake_addr,
         "lease_token": request.token,
+        "requested_ts": lease_requested(request, now),
     }
     if conn.dialect.insert_returning:  # the id in the same statement
-        return int(_ENQUEUE_RETURNING.scalar(conn, values))
-    cursor = _ENQUEUE.execute(conn, values)
-    try:
-        return int(cursor.lastrowid)
-    finally:
-        cursor.close()
+        ticket = int(_ENQUEUE_RETURNING.scalar(conn, values))
+    else:
+        cursor = _ENQUEUE.execute(conn, values)
+        ticket, _ = int(cursor.lastrowid), cursor.close()
+    if request.history:
+        _events.record(
+            conn, "queued", now, provider=request.primary.provider,
+            model=request.primary.model, ticket_id=ticket, holder=request.label, pid=holder.pid,
+            hostname=holder.hostname, waited_ms=(now - lease_requested(request, now)) * 1000.0,
+        )  # fmt: skip
+    return ticket
 
 
 # --- looking without a lock --------------------------------------------------------------------

@@ -126,6 +126,10 @@ class LimiterSettings(BaseModel):
     adaptive: bool = False
     adaptive_recover_secs: Annotated[float, Field(gt=0)] = 60.0
     cooldown_spread_ms: Annotated[float, Field(ge=0)] = 200.0
+    # The history (see _events): whether this process's transactions write their events, and
+    # how many days of them pruning keeps.
+    history: bool = True
+    history_days: Annotated[float, Field(gt=0)] = 7.0
 
 
 class Config(_Open):

@@ -18,7 +18,7 @@ import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
-from . import _claim, _store
+from . import _claim, _events, _store
 from ._claim import ClaimRequest, ClaimResult
 from ._config import ENV_DB, Config, default_db_path, load_config
 from ._cooldown import after_report, cooling, effective_limit
@@ -47,12 +47,12 @@ from ._results import (
 from ._wake import notify
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from sqlalchemy.engine import Connection
 
     from ._claim import Verdict
-    from ._cooldown import Kind
+    from ._cooldown import Health, Kind
     from ._fairness import Snapshot
     from ._fallback import ModelRow
     from ._store import LeaseRecord, Outlook, Removed
@@ -117,6 +117,8 @@ class Core:
             _positive("max_poll_interval", max_poll_interval, settings.max_poll_interval_ms / 1000),
         )
         self.busy_timeout_ms = settings.busy_timeout_ms
+        self.history = settings.history
+        self.history_days = settings.history_days
         self.sharing = Sharing(settings.group)
         self.file_id: tuple[int, int] | None = None
         self.clock_offset = 0.0  # the PostgreSQL server's clock minus this host's (see now())
@@ -202,6 +204,7 @@ class Core:
             token=new_token(),
             ticket_token=new_token(),
             ttl=self.ttl,
+            history=self.history,
         )
 
     @staticmethod
@@ -231,8 +234,12 @@ class Core:
 
     @staticmethod
     def with_ticket(request: ClaimRequest, result: ClaimResult) -> ClaimRequest:
-        """The request to retry with: the primary only, holding the ticket the last claim left."""
-        return replace(request, ticket=result.ticket, enqueue=False, fallback=False)
+        """The request to retry with: the primary only, holding the ticket the last claim left
+        (and the time the first claim began, to tell how long it waited)."""
+        since = result.at if request.requested_ts is None else request.requested_ts
+        return replace(
+            request, ticket=result.ticket, enqueue=False, fallback=False, requested_ts=since
+        )
 
     def log_claim(self, request: ClaimRequest, result: ClaimResult) -> None:
         """Log the decision: debug when the primary is full, info on fallback, warning on none."""
@@ -305,6 +312,7 @@ class Core:
                 source=self.config.origin,
                 now=self.now(conn),
                 demand=self.demand,
+                history=self.history,
             )
         if wrote and current is not None:
             log.warning(
@@ -397,36 +405,93 @@ class Core:
     # Every transaction that frees room ends by waking the waiters a claim would now admit:
     # their addresses are read inside the transaction and notified after it commits.
 
-    def release(self, conn: Connection, lease_id: int, token: str) -> bool:
-        """Delete one lease; False when it was already reclaimed."""
+    def release(
+        self, conn: Connection, lease_id: int, token: str, record: LeaseRecord | None = None
+    ) -> bool:
+        """Delete one lease; False when it was already reclaimed (then, with its ``record``,
+        recorded as ``lost``). Every ``PRUNE_EVERY``-th lease's release also prunes."""
+        history = self.history
         with write_transaction(conn):
-            released, waiting = _store.release(conn, lease_id, token)
             now = self.now(conn)
-            wake = _store.grant_waiting(conn, now, anyone_waiting=waiting) if released else []
+            released, waiting = _store.release(conn, lease_id, token, now, history=history)
+            retried = bool(conn.info.get(RETRY_KEY))
+            if released:
+                wake = _store.grant_waiting(conn, now, anyone_waiting=waiting)
+                if history and lease_id % _events.PRUNE_EVERY == 0:
+                    _events.prune(conn, now, self.history_days)
+            else:
+                wake = []
+                if history and record is not None and not retried:
+                    self._record_lost(conn, record, now)
         wake_after_commit(conn, wake)
         # Retried after the connection dropped: the first attempt's commit may have released it.
-        return released or bool(conn.info.get(RETRY_KEY))
+        return released or retried
 
-    def discard(self, conn: Connection, request: ClaimRequest) -> None:
-        """Remove whatever an interrupted acquire left: its ticket, and a lease it never got."""
+    def discard(
+        self, conn: Connection, request: ClaimRequest, outcome: str = "cancelled", reason: str = ""
+    ) -> None:
+        """Remove whatever an interrupted acquire left: its ticket, and a lease it never got.
+
+        ``outcome`` (timed_out or cancelled) and ``reason`` are what the history records."""
         with write_transaction(conn):
+            now = self.now(conn)
+            if self.history:
+                holder = request.holder
+                asked = {
+                    "provider": request.primary.provider,
+                    "model": request.primary.model,
+                    "holder": request.label,
+                    "pid": holder.pid,
+                    "hostname": holder.hostname,
+                }
+                tokens = (request.ticket_token, request.token)
+                _events.gave_up(
+                    conn, now, outcome=outcome, reason=reason, tokens=tokens, request=asked
+                )
             _store.discard(conn, lease_token=request.token, ticket_token=request.ticket_token)
-            wake = _store.grant_waiting(conn, self.now(conn))
+            wake = _store.grant_waiting(conn, now)
         wake_after_commit(conn, wake)
 
     def release_owner(self, conn: Connection) -> None:
         """Delete every lease and ticket of this limiter instance."""
         with write_transaction(conn):
-            _store.release_owner(conn, self.owner)
-            wake = _store.grant_waiting(conn, self.now(conn))
+            now = self.now(conn)
+            _store.release_owner(conn, self.owner, now, history=self.history)
+            wake = _store.grant_waiting(conn, now)
         wake_after_commit(conn, wake)
 
-    def renew(self, conn: Connection, tokens: Collection[str]) -> tuple[float, set[str]]:
-        """Renew this instance's leases and tickets; returns (new expiry, tokens found lost)."""
+    def renew(self, conn: Connection, held: Mapping[str, LeaseRecord]) -> tuple[float, set[str]]:
+        """Renew this instance's leases and tickets; returns (new expiry, tokens found lost).
+
+        ``held`` are the leases the caller believes it holds, by token; the lost ones are
+        recorded as ``lost`` in the same transaction."""
         with write_transaction(conn):
             now = self.now(conn)
-            lost = _store.renew(conn, self.owner, now, self.ttl, tokens)
+            lost = _store.renew(conn, self.owner, now, self.ttl, held.keys())
+            if self.history:
+                for token in lost:
+                    self._record_lost(conn, held[token], now)
         return now + self.ttl, lost
+
+    @staticmethod
+    def _record_lost(conn: Connection, record: LeaseRecord, now: float) -> None:
+        _events.record(
+            conn,
+            "lost",
+            now,
+            provider=record.key.provider,
+            model=record.key.model,
+            primary_provider=record.primary.provider,
+            primary_model=record.primary.model,
+            via=record.via,
+            lease_id=record.id,
+            holder=record.holder,
+            pid=record.pid,
+            hostname=record.hostname,
+            acquired_ts=record.acquired_ts,
+            held_ms=(now - record.acquired_ts) * 1000.0,
+            reason="expired and reclaimed while its holder still held it",
+        )
 
     def log_lost(self, lease: object) -> None:
         """Say that a lease was found reclaimed from under its holder."""
@@ -438,11 +503,14 @@ class Core:
         )
 
     def reap(self, conn: Connection) -> list[Reaped]:
-        """Remove expired leases and tickets and those of provably dead holders."""
+        """Remove expired leases and tickets and those of provably dead holders (and, with a
+        history, prune it)."""
         with write_transaction(conn):
             now = self.now(conn)
-            removed = _store.reap(conn, now, my_host=self.holder.host_id)
+            removed = _store.reap(conn, now, my_host=self.holder.host_id, history=self.history)
             wake = _store.grant_waiting(conn, now) if removed else []
+            if self.history:
+                _events.prune(conn, now, self.history_days)
         wake_after_commit(conn, wake)
         for item in removed:
             log_reaped(item)
@@ -473,6 +541,8 @@ class Core:
                 recover_secs=settings.adaptive_recover_secs,
             )
             _store.store_health(conn, key, health)
+            if self.history:
+                _record_report(conn, row, health, now)
         cooldown = Cooldown.of(
             replace(row, health=health), now, started=not cooling(row.health, now)
         )
@@ -624,6 +694,35 @@ def _baseline(clock: Callable[[], float], drift: float) -> float:
         return _BASELINES.setdefault(clock, drift)
     except TypeError:  # a clock that cannot be weakly referenced: its own baseline
         return drift
+
+
+def _record_report(conn: Connection, row: ModelRow, health: Health, now: float) -> None:
+    """The events of a reported refusal: the report, the cooldown it started (after the end of
+    one that ended unrecorded), and the adaptive limit it lowered."""
+    where = {"provider": row.key.provider, "model": row.key.model}
+    before = row.health
+    until, kind = health.cooldown_until, health.cooldown_kind
+    if not cooling(before, now):
+        if before.cooldown_until is not None:
+            _events.record(
+                conn, "cooldown_ended", before.cooldown_until,
+                cooldown_kind=before.cooldown_kind, **where,
+            )  # fmt: skip
+        _events.record(
+            conn, "cooldown_started", now, cooldown_kind=kind, until_ts=until,
+            reason=health.cooldown_reason, **where,
+        )  # fmt: skip
+    _events.record(
+        conn, "rate_limited", now, cooldown_kind=kind, until_ts=until,
+        reason=health.cooldown_reason, **where,
+    )  # fmt: skip
+    limit_before = effective_limit(row.limit, before, now)
+    limit_after = effective_limit(row.limit, health, now)
+    if limit_after != limit_before:
+        _events.record(
+            conn, "limit_changed", now, limit_before=limit_before, limit_after=limit_after,
+            reason=f"adaptive: lowered after {kind}", **where,
+        )  # fmt: skip
 
 
 def _first_reason(result: ClaimResult) -> str:

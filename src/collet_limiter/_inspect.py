@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
+from . import _events
 from ._claim import judge
 from ._core import Core, explanation_of, status_of
 from ._engine import (
@@ -398,6 +399,15 @@ class Inspector:
         chain = coerce_chain(fallback_chain)
         rows, snap, _ = self._unwritten((key, *chain))
         return explanation_of(key, *judge(key, chain, rows, snap))
+
+    def event_counts(self) -> list[tuple[str, str, str, str, int]]:
+        """How many events of each kind were ever written, pruned ones included: (kind,
+        provider, model, via, count), '' where an event has none; sorted. Counts never go
+        down, so they suit counters (``collet-limiter metrics``). Empty before any database."""
+        if not self._present():
+            return []
+        with self._connection() as conn, read_transaction(conn):
+            return _events.counts(conn)
 
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now.

@@ -271,7 +271,7 @@ class Limiter:
                     step.waiter.event.wait(step.seconds)
                     step.waiter.event.clear()
                 else:
-                    runtime.discard(step.request)
+                    runtime.discard(step.request, step.outcome, step.reason)
             except BaseException as exc:  # noqa: BLE001 - thrown back into the loop
                 error = exc
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from ._claim import ClaimResult
 from ._core import RETRY_KEY, WAKE_KEY, Core, log, monotonic
 from ._engine import create_engine_for, create_sqlite_engine
-from ._errors import LimiterClosedError, LimiterError, translate_driver_errors
+from ._errors import AcquireTimeout, LimiterClosedError, LimiterError, translate_driver_errors
 from ._results import QueueWait
 from ._wake import PidWatch, WakeSocket, WriterLock, notify
 from ._watcher import Watcher, drain
@@ -106,12 +106,13 @@ class Wait:
 
 
 class Discard:
-    """Step: remove what an interrupted acquire left (its ticket, a lease it never adopted)."""
+    """Step: remove what an interrupted acquire left (its ticket, a lease it never adopted);
+    ``outcome`` (timed_out or cancelled) and ``reason`` say why, for the history."""
 
-    __slots__ = ("request",)
+    __slots__ = ("outcome", "reason", "request")
 
-    def __init__(self, request: ClaimRequest) -> None:
-        self.request = request
+    def __init__(self, request: ClaimRequest, outcome: str, reason: str) -> None:
+        self.request, self.outcome, self.reason = request, outcome, reason
 
 
 Step = Claim[Any] | Wait | Discard
@@ -539,10 +540,12 @@ class Runtime:
                 raise LimiterClosedError(
                     f"{self.face} on {core.display} was closed while acquiring"
                 )
-        except BaseException:
+        except BaseException as exc:
             # Whatever interrupted us (a timeout, a cancellation, KeyboardInterrupt right after
             # a claim committed), remove the ticket and any lease granted but never handed over.
-            yield Discard(request)
+            timed_out = isinstance(exc, AcquireTimeout)
+            reason = str(exc) or type(exc).__name__
+            yield Discard(request, "timed_out" if timed_out else "cancelled", reason)
             raise
         finally:
             if waiter is not None:
@@ -580,14 +583,25 @@ class Runtime:
             self._ensure_thread("_beat_thread", self._beat, "heartbeat")
         return outcome
 
-    def discard(self, request: ClaimRequest, *, blocking: bool = True) -> NotNow | None:
-        """Remove an interrupted acquire's ticket and lease; never raises a LimiterError."""
+    def discard(
+        self,
+        request: ClaimRequest,
+        outcome: str = "cancelled",
+        reason: str = "",
+        *,
+        blocking: bool = True,
+    ) -> NotNow | None:
+        """Remove an interrupted acquire's ticket and lease; never raises a LimiterError.
+
+        ``outcome`` (timed_out or cancelled) and ``reason`` are what the history records."""
         with self.lock:
             lease = self._leases.pop(request.token, None)
         if lease is not None:
             lease._released = True  # noqa: SLF001 - never handed to its caller
         try:
-            return self.write(lambda conn: self.core.discard(conn, request), blocking=blocking)
+            return self.write(
+                lambda conn: self.core.discard(conn, request, outcome, reason), blocking=blocking
+            )
         except LimiterError as exc:
             # Closed (close() gave every row back), or the database refused: the ticket and
             # lease expire with their TTL, since nobody renews them any more.
@@ -616,8 +630,9 @@ class Runtime:
 
     def release(self, lease: BaseLease, *, blocking: bool = True) -> NotNow | None:
         """Delete ``lease``'s row; marks it lost (and logs) when it had been reclaimed."""
+        record = lease._record  # noqa: SLF001 - recorded as lost if it was reclaimed
         released = self.write(
-            lambda conn: self.core.release(conn, lease.id, lease.token), blocking=blocking
+            lambda conn: self.core.release(conn, lease.id, lease.token, record), blocking=blocking
         )
         if isinstance(released, NotNow):
             return released
@@ -665,7 +680,8 @@ class Runtime:
         """Renew every lease and ticket this runtime holds now; returns leases found lost."""
         with self.lock:
             held = dict(self._leases)
-        outcome = self.write(lambda conn: self.core.renew(conn, held.keys()))
+        records = {token: lease._record for token, lease in held.items()}  # noqa: SLF001
+        outcome = self.write(lambda conn: self.core.renew(conn, records))
         assert not isinstance(outcome, NotNow)
         expires, lost_tokens = outcome
         lost = []

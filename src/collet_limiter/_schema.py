@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 # The Alembic revision this code writes and reads. A test checks it is the scripts' head, so
 # opening an up-to-date database needs one SELECT and no Alembic import.
-SCHEMA_REVISION: Final = "0005_cooldowns"
+SCHEMA_REVISION: Final = "0006_events"
 
 metadata = MetaData()
 
@@ -76,6 +76,9 @@ leases = Table(
     Column("expires_at", String, nullable=False),
     Column("acquired_ts", Float, nullable=False),
     Column("expires_ts", Float, nullable=False),
+    # When the request that got it began (migration 0006): acquired_ts minus this is how long
+    # it waited. NULL for a lease granted by an older collet-limiter.
+    Column("requested_ts", Float, nullable=True),
     Index("ix_leases_model", "provider", "model"),
     Index("ix_leases_owner", "owner"),
     sqlite_autoincrement=True,  # ids are never reused (a released id could be mistaken)
@@ -105,9 +108,58 @@ waiters = Table(
     # The token of the lease a transaction that frees room inserts for this waiter when its turn
     # comes (migration 0004); NULL for an older waiter, which is woken and claims for itself.
     Column("lease_token", String, nullable=True),
+    # When the request began (migration 0006; NULL from an older collet-limiter): copied to
+    # the lease a release grants from this ticket.
+    Column("requested_ts", Float, nullable=True),
     Index("ix_waiters_model", "provider", "model"),
     Index("ix_waiters_owner", "owner"),
     sqlite_autoincrement=True,  # a ticket id is a place in the queue: never handed out twice
+)
+
+# The history (migration 0006, see _events): one row per ended lease (kind released, reclaimed
+# or discarded, with how long it waited and was held) and one per other event (queued,
+# timed_out, cancelled, fell_back, lost, rate_limited, cooldown_started, cooldown_ended,
+# limit_changed), written in the transaction that causes it; pruned by age.
+events = Table(
+    "events",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("kind", String, nullable=False),
+    Column("at", String, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("provider", String, nullable=True),  # NULL: the global cap (limit_changed)
+    Column("model", String, nullable=True),
+    Column("primary_provider", String, nullable=True),  # what was asked for
+    Column("primary_model", String, nullable=True),
+    Column("via", String, nullable=True),
+    Column("lease_id", Integer().with_variant(BigInteger(), "postgresql"), nullable=True),
+    Column("ticket_id", Integer().with_variant(BigInteger(), "postgresql"), nullable=True),
+    Column("holder", Text, nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("hostname", String, nullable=True),
+    Column("acquired_ts", Float, nullable=True),
+    Column("waited_ms", Float, nullable=True),
+    Column("held_ms", Float, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("cooldown_kind", String, nullable=True),
+    Column("until_ts", Float, nullable=True),  # the model's cooldown end after this event
+    Column("limit_before", Integer, nullable=True),
+    Column("limit_after", Integer, nullable=True),
+    Index("ix_events_ts", "ts"),
+    sqlite_autoincrement=True,
+)
+
+# What pruning removed from ``events``, counted, so that counters (``collet-limiter metrics``)
+# never go down: the count of a kind is this row's plus the rows still in ``events``. Keys are
+# '' where the event has none (a global limit change has no model; most kinds have no via).
+event_counts = Table(
+    "event_counts",
+    metadata,
+    Column("kind", String, primary_key=True),
+    Column("provider", String, primary_key=True),
+    Column("model", String, primary_key=True),
+    Column("via", String, primary_key=True),
+    Column("count", Integer().with_variant(BigInteger(), "postgresql"), nullable=False),
 )
 
 meta = Table(

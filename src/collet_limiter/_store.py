@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 
+from . import _events
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
-from ._cooldown import NOTHING_LEARNED, Health, limits_at, next_change
+from ._cooldown import NOTHING_LEARNED, Health, effective_limit, limits_at, next_change
 from ._engine import Prepared, batch
 from ._fairness import Snapshot, admissible
 from ._fallback import ModelRow, Via
@@ -75,6 +76,7 @@ _ANY_WAITER: Final = Prepared(select(s.waiters.c.id).limit(1))
 def _reapable(table: Table) -> Select[Any]:
     return select(
         table.c.id,
+        table.c.token,
         table.c.provider,
         table.c.model,
         table.c.pid,
@@ -260,14 +262,18 @@ def write_config(
     source: str,
     now: float,
     demand: Callable[[ModelKey], ModelRow],
+    history: bool = False,
 ) -> bool:
     """Seed the ``models`` table and the global cap from a config, unless already current.
 
     Returns True when it wrote. Rows added on demand are kept, recomputed under the new config.
+    With ``history``, a limit of a model that stays and a changed cap are recorded
+    (``limit_changed``).
     """
     if stored_fingerprint(conn) == fingerprint:
         return False
     stored = read_models(conn)
+    stored_cap = _SELECT_META.scalar(conn, _CAP_KEY)
     demand_keys = [key for key, row in stored.items() if row.position is None]
     conn.execute(delete(s.models))
     configured = {row.key for row in rows}
@@ -280,10 +286,17 @@ def write_config(
             return row
         return replace(row, health=replace(before.health, effective=None, recover_secs=None))
 
-    values = [_row_values(learned(row)) for row in rows]
-    values += [_row_values(learned(demand(key))) for key in demand_keys if key not in configured]
-    if values:
-        conn.execute(insert(s.models), values)
+    new_rows = [learned(row) for row in rows]
+    new_rows += [learned(demand(key)) for key in demand_keys if key not in configured]
+    if new_rows:
+        conn.execute(insert(s.models), [_row_values(row) for row in new_rows])
+    if history:
+        _record_limits(conn, stored, new_rows, now)
+        if stored_cap is not None and int(stored_cap) != cap:
+            _events.record(
+                conn, "limit_changed", now, limit_before=int(stored_cap), limit_after=cap,
+                reason=f"max_agents of {source}",
+            )  # fmt: skip
     settings = {
         s.META_MAX_AGENTS: str(cap),
         s.META_FINGERPRINT: fingerprint,
@@ -293,6 +306,24 @@ def write_config(
     conn.execute(delete(s.meta).where(s.meta.c.key.in_(list(settings))))
     conn.execute(insert(s.meta), [{"key": k, "value": v} for k, v in settings.items()])
     return True
+
+
+def _record_limits(
+    conn: Connection, stored: Mapping[ModelKey, ModelRow], rows: Iterable[ModelRow], now: float
+) -> None:
+    """A ``limit_changed`` event for each model whose limit in force a config rewrite changed
+    (the configured limit, or an adaptive limit it dropped)."""
+    for row in rows:
+        before = stored.get(row.key)
+        if before is None:
+            continue
+        old = effective_limit(before.limit, before.health, now)
+        new = effective_limit(row.limit, row.health, now)
+        if old != new:
+            _events.record(
+                conn, "limit_changed", now, provider=row.key.provider, model=row.key.model,
+                limit_before=old, limit_after=new, reason="config",
+            )  # fmt: skip
 
 
 def stored_fingerprint(conn: Connection) -> str | None:
@@ -479,7 +510,7 @@ _GRANT_LEASE: Final = Prepared(
         [
             "token", "provider", "model", "primary_provider", "primary_model", "via", "holder",
             "pid", "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at",
-            "acquired_ts", "expires_ts",
+            "acquired_ts", "expires_ts", "requested_ts",
         ],
         select(
             s.waiters.c.lease_token, s.waiters.c.provider, s.waiters.c.model,
@@ -487,6 +518,7 @@ _GRANT_LEASE: Final = Prepared(
             s.waiters.c.pid, s.waiters.c.pid_start, s.waiters.c.host_id, s.waiters.c.hostname,
             s.waiters.c.owner, bindparam("granted_at"), s.waiters.c.expires_at,
             bindparam("granted_ts"), s.waiters.c.expires_ts,
+            func.coalesce(s.waiters.c.requested_ts, s.waiters.c.enqueued_ts),
         ).where(s.waiters.c.id == bindparam("granted_id")),
     )
 )  # fmt: skip
@@ -635,11 +667,12 @@ def waiters_detail(conn: Connection) -> Sequence[Any]:
 # --- reaping -----------------------------------------------------------------------------------
 
 
-def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
+def reap(conn: Connection, now: float, *, my_host: str, history: bool) -> list[Removed]:
     """Delete leases and tickets that expired or whose holder is provably dead.
 
     Only rows that expired or were written on this host identity are examined: a holder on
-    another host can be judged by its expiry alone. Needs a write transaction.
+    another host can be judged by its expiry alone. With ``history``, each is recorded as a
+    ``reclaimed`` event. Needs a write transaction.
     """
     removed: list[Removed] = []
     verdicts: dict[tuple[int, float], bool] = {}
@@ -657,6 +690,7 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
         (("lease", s.leases), ("ticket", s.waiters)), found, strict=True
     ):
         doomed: list[int] = []
+        ended: list[Query] = []
         for row in candidates:
             if row.expires_ts < now:
                 reason = "expired"
@@ -665,6 +699,9 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
             else:
                 continue
             doomed.append(row.id)
+            if history:
+                ending = _events.lease_ended if kind == "lease" else _events.ticket_ended
+                ended.append(ending(now, kind="reclaimed", row=(row.id, row.token), reason=reason))
             removed.append(
                 Removed(
                     kind,
@@ -677,6 +714,7 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
                 )
             )
         if doomed:
+            batch(conn, ended)
             conn.execute(delete(table).where(table.c.id.in_(doomed)))
     return removed
 
@@ -684,16 +722,20 @@ def reap(conn: Connection, now: float, *, my_host: str) -> list[Removed]:
 # --- releasing and renewing --------------------------------------------------------------------
 
 
-def release(conn: Connection, lease_id: int, token: str) -> tuple[bool, bool | None]:
-    """Delete one lease by id and token.
+def release(
+    conn: Connection, lease_id: int, token: str, now: float, *, history: bool
+) -> tuple[bool, bool | None]:
+    """Delete one lease by id and token (with ``history``, recorded as ``released`` first).
 
     Returns whether it was there (False: already reclaimed) and, when the database can say it
     in the same statement, whether anyone waits (None: not asked).
     """
     params = {"lease_id": lease_id, "lease_token": token}
+    ended = [_events.lease_ended(now, kind="released", row=(lease_id, token))] if history else []
     if conn.dialect.delete_returning:
-        found = _RELEASE_RETURNING.rows(conn, params)
+        found = batch(conn, [*ended, (_RELEASE_RETURNING, params)])[-1]
         return (True, bool(found[0][0])) if found else (False, None)
+    batch(conn, ended)
     cursor = _RELEASE.execute(conn, params)
     released = cursor.rowcount > 0
     cursor.close()
@@ -714,8 +756,12 @@ def discard(conn: Connection, *, lease_token: str, ticket_token: str) -> None:
     _DISCARD_TICKET.execute(conn, {"ticket_token": ticket_token}).close()
 
 
-def release_owner(conn: Connection, owner: str) -> tuple[int, int]:
-    """Delete every lease and ticket of one Limiter instance; returns (leases, tickets)."""
+def release_owner(conn: Connection, owner: str, now: float, *, history: bool) -> tuple[int, int]:
+    """Delete every lease and ticket of one Limiter instance; returns (leases, tickets).
+
+    With ``history`` its leases are recorded as released, its tickets as cancelled."""
+    if history:
+        _events.closed(conn, now, owner)
     leases = conn.execute(delete(s.leases).where(s.leases.c.owner == owner)).rowcount
     tickets = conn.execute(delete(s.waiters).where(s.waiters.c.owner == owner)).rowcount
     return leases, tickets
@@ -770,6 +816,7 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
         "expires_at": utc_text(now + ttl),
         "acquired_ts": record.acquired_ts,
         "expires_ts": now + ttl,
+        "requested_ts": record.acquired_ts,
     }
     key = conn.execute(_INSERT_LEASE, values).inserted_primary_key
     assert key is not None

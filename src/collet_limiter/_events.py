@@ -1,0 +1,259 @@
+"""The history: the ``events`` rows each transaction writes about what it did, and pruning.
+
+Every write here runs inside the transaction that causes the event, so the history commits or
+rolls back with it. An ended lease is one row (kind ``released``, ``reclaimed`` or ``discarded``)
+copied from its ``leases`` row by the statement before the one that deletes it: how it was
+granted (via, the primary asked for), how long it waited (``acquired_ts - requested_ts``) and how
+long it was held. The acquisition itself writes nothing more than its lease row: a lease held now
+is in ``leases``, one that ended is in ``events`` (the ``lease_history`` view joins the two), and
+an uncontended acquire and release costs one statement more than without a history (the goal was
+at most 10 % of its cycles per second).
+
+The other kinds are one row each: ``queued`` (a ticket), ``timed_out`` and ``cancelled`` (an
+acquire that gave up, with how long it waited), ``fell_back`` (granted on another model than the
+primary: from what, via what, why), ``lost`` (a holder found its lease reclaimed),
+``rate_limited`` (a reported refusal, with the cooldown's end after it), ``cooldown_started``,
+``cooldown_ended`` (stamped with the moment it ended, written by the first claim or report on
+the model after that: nothing writes at the moment itself) and ``limit_changed`` (the configured
+limit or the global cap by a config, the adaptive limit by a report or its full recovery).
+Reclaimed tickets are ``reclaimed`` rows with a ``ticket_id`` and no ``lease_id``.
+
+Pruning deletes rows older than ``[limiter] history_days``, at most ``PRUNE_BATCH`` at a time,
+after adding them to ``event_counts``, so that a count (``collet-limiter metrics``) never goes
+down.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import Float, Text, bindparam, delete, func, insert, literal, null, select, update
+
+from . import _schema as s
+from ._engine import Prepared
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, Table
+    from sqlalchemy.engine import Connection
+
+    from ._store import Query
+
+# Every kind of event, as stored in ``events.kind``.
+KINDS: Final = (
+    "released",
+    "reclaimed",
+    "discarded",
+    "lost",
+    "queued",
+    "timed_out",
+    "cancelled",
+    "fell_back",
+    "rate_limited",
+    "cooldown_started",
+    "cooldown_ended",
+    "limit_changed",
+)
+LEASE_ENDINGS: Final = ("released", "reclaimed", "discarded")
+
+# A release whose lease id is a multiple of this also prunes (an amortized, deterministic share of
+# the work: no timer, and a process that only ever runs briefly still takes its turn).
+PRUNE_EVERY: Final = 1000
+# At most this many rows per prune, so that a first prune after a long time holds the writer
+# lock for milliseconds, not seconds; the next prunes take the rest.
+PRUNE_BATCH: Final = 5000
+
+_EVENT_COLUMNS: Final = tuple(c.name for c in s.events.columns if c.name != "id")
+
+
+def _ended(table: Table, kind: str, *, held: bool) -> list[ColumnElement[Any]]:
+    """The ``events`` values of a lease or ticket row at ``e_ts``: for a lease's end (``held``)
+    how long it waited for its grant and was held; else how long the request had waited."""
+    now: Any = bindparam("e_ts", type_=Float)
+    lease = table is s.leases
+    requested = func.coalesce(
+        table.c.requested_ts, table.c.acquired_ts if lease else table.c.enqueued_ts
+    )
+    return [
+        literal(kind) if kind else bindparam("e_kind"),
+        bindparam("e_at"),
+        now,
+        table.c.provider,
+        table.c.model,
+        table.c.primary_provider if lease else table.c.provider,
+        table.c.primary_model if lease else table.c.model,
+        table.c.via if lease else null(),
+        table.c.id if lease else null(),
+        null() if lease else table.c.id,
+        table.c.holder,
+        table.c.pid,
+        table.c.hostname,
+        table.c.acquired_ts if lease else null(),
+        ((table.c.acquired_ts if held else now) - requested) * 1000.0,
+        (now - table.c.acquired_ts) * 1000.0 if held else null(),
+        bindparam("e_reason", type_=Text),
+        null(),
+        null(),
+        null(),
+        null(),
+    ]
+
+
+def _copy(table: Table, kind: str, where: ColumnElement[bool], *, held: bool = True) -> Prepared:
+    values = select(*_ended(table, kind, held=held and table is s.leases)).where(where)
+    return Prepared(insert(s.events).from_select(list(_EVENT_COLUMNS), values))
+
+
+_BY_ID: Final = {
+    t: (t.c.id == bindparam("row_id")) & (t.c.token == bindparam("row_token"))
+    for t in (s.leases, s.waiters)
+}
+_BY_TOKEN: Final = {t: t.c.token == bindparam("row_token") for t in (s.leases, s.waiters)}
+_BY_OWNER: Final = {t: t.c.owner == bindparam("row_owner") for t in (s.leases, s.waiters)}
+
+_LEASE_BY_ID: Final = _copy(s.leases, "", _BY_ID[s.leases])
+_TICKET_BY_ID: Final = _copy(s.waiters, "", _BY_ID[s.waiters])
+_DISCARDED_LEASE: Final = _copy(s.leases, "discarded", _BY_TOKEN[s.leases])
+_GAVE_UP: Final = {t: _copy(t, "", _BY_TOKEN[t], held=False) for t in (s.waiters, s.leases)}
+_CLOSED_LEASES: Final = _copy(s.leases, "released", _BY_OWNER[s.leases])
+_CLOSED_TICKETS: Final = _copy(s.waiters, "cancelled", _BY_OWNER[s.waiters])
+_INSERT: Final = Prepared(insert(s.events).values({c: bindparam(c) for c in _EVENT_COLUMNS}))
+
+
+def _times(now: float) -> dict[str, Any]:
+    from ._store import utc_text  # here: _store imports this module
+
+    return {"e_ts": now, "e_at": utc_text(now)}
+
+
+def lease_ended(now: float, *, kind: str, row: tuple[int, str], reason: str | None = None) -> Query:
+    """The statement that records the end of lease ``row`` (id, token); run it before the one
+    that deletes it."""
+    params = {**_times(now), "e_kind": kind, "e_reason": reason}
+    return _LEASE_BY_ID, params | {"row_id": row[0], "row_token": row[1]}
+
+
+def ticket_ended(now: float, *, kind: str, row: tuple[int, str], reason: str | None) -> Query:
+    """The statement that records the end of ticket ``row`` (id, token) other than by a grant
+    (the lease records that); run it before the one that deletes it."""
+    params = {**_times(now), "e_kind": kind, "e_reason": reason}
+    return _TICKET_BY_ID, params | {"row_id": row[0], "row_token": row[1]}
+
+
+def gave_up(
+    conn: Connection,
+    now: float,
+    *,
+    outcome: str,
+    reason: str,
+    tokens: tuple[str, str],
+    request: dict[str, Any],
+) -> None:
+    """Record an acquire that gave up (``outcome`` timed_out or cancelled), before its rows go.
+
+    ``tokens`` are its (ticket, lease) tokens. The event is copied from its ticket (how long it
+    waited), else from a lease granted to it as it gave up, else written from ``request``
+    (``events`` values: it never queued). Such a lease is also recorded, as ``discarded``."""
+    times = {**_times(now), "e_kind": outcome, "e_reason": reason}
+    ticket_token, lease_token = tokens
+    written = 0
+    for table, token in ((s.waiters, ticket_token), (s.leases, lease_token)):
+        cursor = _GAVE_UP[table].execute(conn, times | {"row_token": token})
+        written, _ = cursor.rowcount, cursor.close()
+        if written:
+            break
+    if not written:
+        record(conn, outcome, now, reason=reason, **request)
+    params = {**_times(now), "e_reason": reason, "row_token": lease_token}
+    _DISCARDED_LEASE.execute(conn, params).close()
+
+
+def closed(conn: Connection, now: float, owner: str) -> None:
+    """Record the leases (released) and tickets (cancelled) a closing limiter gives back."""
+    params = {**_times(now), "e_reason": "limiter closed", "row_owner": owner}
+    for statement in (_CLOSED_LEASES, _CLOSED_TICKETS):
+        statement.execute(conn, params).close()
+
+
+def record(conn: Connection, kind: str, now: float, **fields: Any) -> None:
+    """Write one event from values (``fields`` are ``events`` columns; the rest stay NULL)."""
+    row = dict.fromkeys(_EVENT_COLUMNS)
+    row.update(fields, kind=kind, ts=now, at=_times(now)["e_at"])
+    _INSERT.execute(conn, row).close()
+
+
+# --- pruning -----------------------------------------------------------------------------------
+
+_OLDEST: Final = Prepared(
+    select(s.events.c.ts).order_by(s.events.c.ts).limit(1).offset(bindparam("skip"))
+)
+_KEY_COLUMNS: Final = ("kind", "provider", "model", "via")
+
+
+def _key(column: str) -> ColumnElement[Any]:
+    return func.coalesce(s.events.c[column], "") if column != "kind" else s.events.c.kind
+
+
+_AGED: Final = Prepared(
+    select(*(_key(c).label(c) for c in _KEY_COLUMNS), func.count())
+    .where(s.events.c.ts < bindparam("cutoff"))
+    .group_by(*(_key(c) for c in _KEY_COLUMNS))
+)
+_DELETE_AGED: Final = Prepared(delete(s.events).where(s.events.c.ts < bindparam("cutoff")))
+_COUNT_KEY: Final = (
+    (s.event_counts.c.kind == bindparam("k_kind"))
+    & (s.event_counts.c.provider == bindparam("k_provider"))
+    & (s.event_counts.c.model == bindparam("k_model"))
+    & (s.event_counts.c.via == bindparam("k_via"))
+)
+_ADD_COUNT: Final = Prepared(
+    update(s.event_counts)
+    .where(_COUNT_KEY)
+    .values(count=s.event_counts.c.count + bindparam("k_count"))
+)
+_NEW_COUNT: Final = Prepared(
+    insert(s.event_counts).values(
+        kind=bindparam("k_kind"),
+        provider=bindparam("k_provider"),
+        model=bindparam("k_model"),
+        via=bindparam("k_via"),
+        count=bindparam("k_count"),
+    )
+)
+
+
+def prune(conn: Connection, now: float, days: float) -> int:
+    """Delete up to ``PRUNE_BATCH`` events older than ``days``, oldest first, counting them in
+    ``event_counts``; returns how many went. Write transaction."""
+    cutoff = now - days * 86400.0
+    bound = _OLDEST.scalar(conn, {"skip": PRUNE_BATCH})
+    if bound is not None and bound < cutoff:
+        cutoff = bound  # the oldest PRUNE_BATCH rows (and their equals in time) only
+    removed = 0
+    for kind, provider, model, via, count in _AGED.rows(conn, {"cutoff": cutoff}):
+        params = {
+            "k_kind": kind,
+            "k_provider": provider,
+            "k_model": model,
+            "k_via": via,
+            "k_count": count,
+        }
+        cursor = _ADD_COUNT.execute(conn, params)
+        if not cursor.rowcount:
+            _NEW_COUNT.execute(conn, params).close()
+        cursor.close()
+        removed += count
+    if removed:
+        _DELETE_AGED.execute(conn, {"cutoff": cutoff}).close()
+    return removed
+
+
+def counts(conn: Connection) -> list[tuple[str, str, str, str, int]]:
+    """Every event ever written (kept or pruned) by kind, provider, model and via ('' for
+    none): (kind, provider, model, via, count), for counters that never go down."""
+    kept = _AGED.rows(conn, {"cutoff": float("inf")})
+    pruned = conn.execute(select(s.event_counts)).all()
+    total: dict[tuple[str, str, str, str], int] = {}
+    for row in [*kept, *pruned]:
+        key = (row[0], row[1], row[2], row[3])
+        total[key] = total.get(key, 0) + int(row[4])
+    return [(*key, count) for key, count in sorted(total.items())]
