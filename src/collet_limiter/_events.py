@@ -27,7 +27,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Float, Text, bindparam, delete, func, insert, literal, null, select, update
+from sqlalchemy import (
+    Float,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    null,
+    select,
+    update,
+)
 
 from . import _schema as s
 from ._engine import Prepared
@@ -190,7 +202,11 @@ _KEY_COLUMNS: Final = ("kind", "provider", "model", "via")
 
 
 def _key(column: str) -> ColumnElement[Any]:
-    return func.coalesce(s.events.c[column], "") if column != "kind" else s.events.c.kind
+    return (
+        func.coalesce(s.events.c[column], literal_column("''"))
+        if column != "kind"
+        else s.events.c.kind
+    )
 
 
 _AGED: Final = Prepared(
