@@ -3,6 +3,8 @@
     python benchmarks/bench.py            # the full run (about 18 minutes on 2 cores)
     python benchmarks/bench.py --quick    # about 5 minutes: shorter, 16 processes x 1 ms only
     python benchmarks/bench.py --only "collet-limiter (sync)" --only "sqlite3, 5 ms poll"
+    python benchmarks/bench.py --quick --only "collet-limiter (sync)" \
+        --only "collet-limiter (sync, no history)"   # what writing the history costs
     python benchmarks/bench.py --backends postgresql   # PostgreSQL only (about 8 minutes)
     python benchmarks/bench.py --backends sqlite,peers # the run before PostgreSQL (10 minutes)
 
@@ -56,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mechanisms import (
     MECHANISMS,
     NEEDS,
+    OPTIONAL,
     POSTGRES,
     POSTGRES_PEERS,
     ColletAsync,
@@ -470,7 +473,8 @@ def main() -> None:
     unknown = [n for n in args.only or [] if n not in MECHANISMS]
     if unknown:
         parser.error(f"--only: unknown {', '.join(unknown)}; known: {', '.join(MECHANISMS)}")
-    names = [n for n in args.only or list(MECHANISMS) if backend(n) in backends]
+    default = [n for n in MECHANISMS if n not in OPTIONAL]
+    names = [n for n in args.only or default if backend(n) in backends]
     # SIGTERM ends the run like Ctrl-C: the servers' finally blocks stop them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = run(names, args.quick)

@@ -34,6 +34,8 @@ class Slot(Protocol):
 class ColletSync:
     """collet-limiter's sync Limiter, one model of ``limit`` slots (and a cap that fits)."""
 
+    HISTORY = True  # [limiter] history: write the events table
+
     def __init__(self, params: dict[str, Any]) -> None:
         from collet_limiter import Config, Limiter
 
@@ -41,6 +43,7 @@ class ColletSync:
             {
                 "collaboration": {"max_agents": 64},
                 "models": [{"name": "m", "concurrency_limit": params["limit"]}],
+                "limiter": {"history": self.HISTORY},
             }
         )
         self.limiter = Limiter(
@@ -56,6 +59,12 @@ class ColletSync:
 
     def close(self) -> None:
         self.limiter.close()
+
+
+class ColletSyncNoHistory(ColletSync):
+    """The same with ``[limiter] history = false``: what writing the history costs."""
+
+    HISTORY = False
 
 
 class ColletAsync:
@@ -254,12 +263,17 @@ MECHANISMS: dict[str, type[Any]] = {
     "collet-limiter (async)": ColletAsync,
     "collet-limiter (sync, PostgreSQL)": ColletSync,
     "collet-limiter (async, PostgreSQL)": ColletAsync,
+    "collet-limiter (sync, no history)": ColletSyncNoHistory,
     "sqlite3, 5 ms poll": Sqlite3Poll,
     "portalocker, 5 ms poll": Portalocker,
     "POSIX semaphore": PosixSemaphore,
     "Redis BLPOP": RedisTokens,
     "psycopg, 5 ms poll (PostgreSQL)": PsycopgPoll,
 }
+
+
+# Run only when named with --only: the price of a feature, not a peer.
+OPTIONAL: Final = ("collet-limiter (sync, no history)",)
 
 
 # The collet-limiter mechanisms on PostgreSQL, and the role each connects as.
