@@ -456,6 +456,11 @@ def lease_requested(request: ClaimRequest, now: float) -> float:
     return now if request.requested_ts is None else request.requested_ts
 
 
+def waited_ms(request: ClaimRequest, now: float) -> float | None:
+    """How long ``request`` has waited at ``now``, in ms (None before its first claim)."""
+    return None if request.requested_ts is None else (now - request.requested_ts) * 1000.0
+
+
 def forget_recovered(
     conn: Connection, rows: dict[ModelKey, ModelRow], now: float, *, history: bool
 ) -> None:

@@ -443,6 +443,7 @@ class Core:
                     "holder": request.label,
                     "pid": holder.pid,
                     "hostname": holder.hostname,
+                    "waited_ms": _claim.waited_ms(request, now),
                 }
                 tokens = (request.ticket_token, request.token)
                 _events.gave_up(
