@@ -109,6 +109,24 @@ def lease_holders(db: Path | str) -> list[str]:
         return []
 
 
+def leave_a_dead_holder(db: Path | str, config: Path, model: str, *, holder: str) -> int:
+    """A process that takes a lease on ``model`` and dies without releasing it; its pid."""
+    code = (
+        "import os, sys; from collet_limiter import Limiter, load_config\n"
+        "limiter = Limiter(sys.argv[1], config=load_config(sys.argv[2]))\n"
+        "lease = limiter.acquire(sys.argv[3], holder=sys.argv[4])  # kept: no release on GC\n"
+        "print(os.getpid(), flush=True); os._exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(db), str(config), model, holder],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    return int(done.stdout)
+
+
 def waiter_count(db: Path | str) -> int:
     """How many tickets are queued."""
     return int(query(db, "SELECT count(*) FROM waiters")[0][0])  # type: ignore[call-overload]

@@ -24,11 +24,28 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collet_limiter import CostTier, Limiter, ModelKey, ModelStatus, Status, load_config
+from collet_limiter import (
+    CostTier,
+    Inspector,
+    Limiter,
+    ModelKey,
+    ModelStatus,
+    Status,
+    load_config,
+)
 from collet_limiter._engine import resolve_target
 from collet_limiter.cli._metrics import COOLDOWN_KINDS, Reading, families
 
-from .cli_helpers import CONFIG, TIMEOUT, cli_command, run_cli, wait_until, waiter_count
+from .cli_helpers import (
+    CONFIG,
+    TIMEOUT,
+    cli_command,
+    leave_a_dead_holder,
+    query,
+    run_cli,
+    wait_until,
+    waiter_count,
+)
 from .conftest import FakeClock
 from .sql import SQLITE_ONLY, rows
 
@@ -54,7 +71,13 @@ FAMILIES = [
     "collet_limiter_oldest_waiter_seconds",
     "collet_limiter_oldest_lease_seconds",
     "collet_limiter_expired_leases",
+    # the counters (the parser names a family without its samples' _total)
+    "collet_limiter_events",
+    "collet_limiter_acquisitions",
+    "collet_limiter_rate_limited",
 ]
+COUNTERS = FAMILIES[-3:]
+VIAS = ("primary", "chain", "capability", "cli", "queue")
 PER_MODEL = (
     "model_limit",
     "model_effective_limit",
@@ -79,7 +102,7 @@ def parse(text: str) -> tuple[list[str], Samples]:
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         names.append(family.name)
-        assert family.type == "gauge", family.name
+        assert family.type == ("counter" if family.name in COUNTERS else "gauge"), family.name
         assert family.documentation, family.name
         for sample in family.samples:
             key = (sample.name, tuple(sorted(sample.labels.items())))
@@ -99,6 +122,23 @@ def model(
 def total(name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The key of a global sample."""
     return (f"collet_limiter_{name}", ())
+
+
+def counted(samples: Samples, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The samples of counter ``name`` (without _total), by the values of ``labels``."""
+    return {
+        tuple(dict(key)[label] for label in labels): value
+        for (sample, key), value in samples.items()
+        if sample == f"collet_limiter_{name}_total"
+    }
+
+
+def zeros(counts: dict[tuple[str, str, str], float] | None = None) -> dict[tuple[str, ...], float]:
+    """``acquisitions`` by (provider, model, via): 0 for every model and via, but ``counts``."""
+    found: dict[tuple[str, ...], float] = {
+        (provider, name, via): 0.0 for provider, name in MODELS for via in VIAS
+    }
+    return found | dict(counts or {})
 
 
 def metrics(database: Path | str, config: Path, *args: str) -> Samples:
@@ -204,6 +244,10 @@ def test_metrics_before_anything_ran_show_the_configs_models_with_zeros_and_crea
         for metric in ("model_in_use", "model_waiting", "model_cooling_down"):
             assert samples[model(metric, provider, name)] == 0
         assert samples[model("model_cooldown_seconds_left", provider, name)] == 0
+    # The counters: no event yet, and a 0 for every model (and via) that rate() can start from.
+    assert counted(samples, "events", "kind", "provider", "model", "via") == {}
+    assert counted(samples, "acquisitions", "provider", "model", "via") == zeros()
+    assert counted(samples, "rate_limited", "provider", "model") == dict.fromkeys(MODELS, 0.0)
 
     # Once init has created it, the same but database_exists.
     assert run_cli("--db", str(database), "--config", str(config), "init").returncode == 0
@@ -211,6 +255,65 @@ def test_metrics_before_anything_ran_show_the_configs_models_with_zeros_and_crea
     assert created.pop(total("database_exists")) == 1
     samples.pop(total("database_exists"))
     assert created == samples
+
+
+# Events older than this are pruned by the counters test's reap; it sleeps twice as long first.
+# Real time, because on PostgreSQL the events' times are the server's: a fake clock does not move
+# them. Nothing but that reap prunes (a release prunes only at lease ids that are multiples of
+# PRUNE_EVERY, which this test does not reach), so no length makes the test flaky.
+HISTORY_SECS = 0.2
+
+
+def test_counters_count_the_history_exactly_and_pruning_never_lowers_them(
+    database: Path | str, tmp_path: Path
+) -> None:
+    """A process takes zai/glm-5 and dies; the first of three acquisitions reclaims its lease.
+    A fourth, while zai/glm-5 is held, falls back to zai/glm-4.7 by the chain and reports a 429
+    there. A reap then prunes all of it (the history keeps HISTORY_SECS); one more acquisition
+    adds to the pruned count."""
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG + f"\n[limiter]\nhistory_days = {HISTORY_SECS / 86400!r}\n")
+    leave_a_dead_holder(database, config, "zai/glm-5", holder="dies holding it")
+    with Limiter(database, config=load_config(config)) as limiter:
+        for _ in range(3):
+            limiter.acquire("zai/glm-5", holder="one at a time").release()
+        with (
+            limiter.acquire("zai/glm-5", holder="holds it"),
+            limiter.acquire("zai/glm-5", ["zai/glm-4.7"], holder="falls back") as moved,
+        ):
+            assert (str(moved.key), moved.via) == ("zai/glm-4.7", "chain")
+            moved.report_rate_limited(60)
+    events = {
+        ("reclaimed", "zai", "glm-5", "primary"): 1.0,
+        ("released", "zai", "glm-5", "primary"): 4.0,
+        ("released", "zai", "glm-4.7", "chain"): 1.0,
+        ("fell_back", "zai", "glm-4.7", "chain"): 1.0,
+        ("rate_limited", "zai", "glm-4.7", ""): 1.0,
+        ("cooldown_started", "zai", "glm-4.7", ""): 1.0,
+    }
+    acquisitions = zeros({("zai", "glm-5", "primary"): 5, ("zai", "glm-4.7", "chain"): 1})
+    refusals = {**dict.fromkeys(MODELS, 0.0), ("zai", "glm-4.7"): 1.0}
+
+    samples = metrics(database, config)
+    assert counted(samples, "events", "kind", "provider", "model", "via") == events
+    assert counted(samples, "acquisitions", "provider", "model", "via") == acquisitions
+    assert counted(samples, "rate_limited", "provider", "model") == refusals
+
+    time.sleep(2 * HISTORY_SECS)
+    with Inspector(database, config=load_config(config)) as inspector:
+        assert inspector.reap() == []  # nothing expired: only the prune
+    assert query(database, "SELECT count(*) FROM events") == [(0,)]
+    pruned = query(database, "SELECT kind, provider, model, via, count FROM event_counts")
+    assert {tuple(row[:4]): row[4] for row in pruned} == events
+    with Limiter(database, config=load_config(config)) as limiter:
+        limiter.acquire("zai/glm-5", holder="after the prune").release()
+
+    samples = metrics(database, config)
+    events["released", "zai", "glm-5", "primary"] += 1  # 4 pruned, 1 kept
+    assert counted(samples, "events", "kind", "provider", "model", "via") == events
+    acquisitions["zai", "glm-5", "primary"] += 1
+    assert counted(samples, "acquisitions", "provider", "model", "via") == acquisitions
+    assert counted(samples, "rate_limited", "provider", "model") == refusals
 
 
 @SQLITE_ONLY

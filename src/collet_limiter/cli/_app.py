@@ -418,9 +418,11 @@ def explain(
 def metrics(ctx: click.Context, serve: int | None) -> int:
     """The state in the Prometheus text format: per model limits, use, queue and cooldowns.
 
-    Prints it once, for node_exporter's textfile collector, or with --serve PORT answers
-    scrapes on 127.0.0.1 only. Before anything has run it shows the config's models with
-    nothing in use and database_exists 0. Needs prometheus-client: pip install
+    Also counters from the history: events by kind, acquisitions (counted as each lease ends)
+    and reported refusals; they never go down, pruning included. Prints it once, for
+    node_exporter's textfile collector, or with --serve PORT answers scrapes on 127.0.0.1
+    only. Before anything has run it shows the config's models with nothing in use, counters
+    at 0, and database_exists 0. Needs prometheus-client: pip install
     'collet-limiter[metrics]' (without it, exit 3).
 
     \b

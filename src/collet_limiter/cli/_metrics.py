@@ -9,11 +9,10 @@ prometheus_client is an optional extra (``collet-limiter[metrics]``): this modul
 the top, and the command imports this module only when it runs, so neither the library nor the
 other commands ever load it.
 
-Everything here is a gauge: a reading of the database as it is now. Counters (acquisitions,
-waits, 429s) need a history of events, which the database does not keep yet; they belong in
-``families`` as ``CounterMetricFamily``s read from that history, once it exists. Nothing here
-counts between scrapes, because one ``metrics`` process cannot see what happened between two
-of its reads.
+The gauges are a reading of the database as it is now. The counters are read from its history
+(``Inspector.event_counts``: every event ever written, pruned ones included, so they never go
+down). Nothing here counts between scrapes, because one ``metrics`` process cannot see what
+happened between two of its reads: every figure comes from the database.
 """
 
 from __future__ import annotations
@@ -23,15 +22,16 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, get_args
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from collet_limiter import LimiterError
 from collet_limiter._cooldown import KINDS
+from collet_limiter._fallback import Via
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +50,13 @@ PATH: Final = "/metrics"
 # a series for every one of them, 0 or 1, so that a series does not appear and vanish as
 # cooldowns come and go; a kind not listed (written by a newer library) is added when it shows up.
 COOLDOWN_KINDS: Final = KINDS
+# How a lease can be granted (the library's one list), for the acquisitions counter's via label.
+VIAS: Final = get_args(Via)
+# The lease endings that count as an acquisition: a lease counts once, when it ends. A
+# ``discarded`` lease was granted to an acquire that had given up (its caller never had it).
+ACQUIRED: Final = ("released", "reclaimed")
+# A count of the history: (kind, provider, model, via, count), '' where an event has none.
+Count = tuple[str, str, str, str, int]
 # A scrape's client that connects and then says nothing is dropped after this long, so that it
 # cannot hold up the (one-at-a-time) server; a real scrape sends its request at once.
 REQUEST_TIMEOUT_SECS: Final = 10.0
@@ -66,6 +73,7 @@ class Reading:
     waiters: list[TicketInfo]
     now: float  # the database's clock (the server's, on PostgreSQL), seconds since the epoch
     exists: bool
+    counts: tuple[Count, ...] = ()  # the history's counts (Inspector.event_counts)
 
     @classmethod
     def of(cls, inspector: Inspector) -> Reading:
@@ -78,6 +86,7 @@ class Reading:
             waiters=inspector.waiters(),
             now=inspector.now(),
             exists=exists,
+            counts=tuple(inspector.event_counts()),
         )
 
 
@@ -178,9 +187,57 @@ def families(reading: Reading) -> list[Metric]:
             "the next acquire that needs the slot, or reap, removes them.",
             expired,
         ),
-        # Counters (acquisitions, fallbacks, waits, 429s) go here once the database keeps a
-        # history of events: see the module docstring.
+        *counters(reading),
     ]
+
+
+def counters(reading: Reading) -> list[Metric]:
+    """The counters, from the history's counts (kept and pruned events: they never go down).
+
+    ``events_total`` has a series per (kind, provider, model, via) that has happened. The two
+    convenience counters also have a 0 for every model ``status`` lists (and, for acquisitions,
+    every via), so that a model's first acquisition or refusal is an increase that ``rate()``
+    sees, not the first sample of a new series.
+    """
+    events = CounterMetricFamily(
+        PREFIX + "events",
+        "Events in the limiter's history, pruned ones included, by kind (released, reclaimed, "
+        "discarded, lost, queued, timed_out, cancelled, fell_back, rate_limited, "
+        "cooldown_started, cooldown_ended, limit_changed), provider, model and via (empty where "
+        "an event has none).",
+        labels=("kind", *LABELS, "via"),
+    )
+    acquired = {
+        (model.key.provider, model.key.model, via): 0
+        for model in reading.status.models
+        for via in VIAS
+    }
+    refused = {(model.key.provider, model.key.model): 0 for model in reading.status.models}
+    for kind, provider, model, via, count in reading.counts:
+        events.add_metric([kind, provider, model, via], count)
+        if kind in ACQUIRED and via:  # a reclaimed ticket (no via) was never a lease
+            key = (provider, model, via)
+            acquired[key] = acquired.get(key, 0) + count
+        elif kind == "rate_limited":
+            refused[provider, model] = refused.get((provider, model), 0) + count
+    acquisitions = CounterMetricFamily(
+        PREFIX + "acquisitions",
+        "Leases granted on the model, by how (via: primary, queue, chain, capability, cli); a "
+        "lease counts when it ends (released, or reclaimed after its holder died or stalled), "
+        "so the leases held now are not counted yet.",
+        labels=(*LABELS, "via"),
+    )
+    for (provider, model, via), count in acquired.items():
+        acquisitions.add_metric([provider, model, via], count)
+    rate_limited = CounterMetricFamily(
+        PREFIX + "rate_limited",
+        "Refusals reported on the model, every kind together (a 429, an overload, a quota "
+        "refusal, an exit code of run --cooldown-on-exit): each one cools the model down.",
+        labels=LABELS,
+    )
+    for (provider, model), count in refused.items():
+        rate_limited.add_metric([provider, model], count)
+    return [events, acquisitions, rate_limited]
 
 
 class StateCollector(Collector):
