@@ -53,6 +53,12 @@ def test_the_issue_surface_is_exported() -> None:
     assert set(collet_limiter.__all__) >= REQUIRED
 
 
+def test_the_history_figures_are_exported() -> None:
+    """``Inspector.stats`` returns a ``Stats`` of ``ModelStats``: callers name both types."""
+    assert {"Inspector", "ModelStats", "Stats"} <= set(collet_limiter.__all__)
+    assert collet_limiter.Stats.__module__ == collet_limiter.ModelStats.__module__
+
+
 def test_every_public_name_has_a_docstring() -> None:
     for name in collet_limiter.__all__:
         obj = getattr(collet_limiter, name)

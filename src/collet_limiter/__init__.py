@@ -46,6 +46,7 @@ if _typing.TYPE_CHECKING:
         Status,
         TicketInfo,
     )
+    from ._stats import ModelStats, Stats
 
 # The rest loads on first use: SQLAlchemy and pydantic cost hundreds of milliseconds, which a
 # program that only names an error class or a key, or a command's --help, should not pay.
@@ -75,6 +76,8 @@ _LAZY: _typing.Final = {
         ),
         "_results",
     ),
+    "ModelStats": "_stats",
+    "Stats": "_stats",
 }
 
 __version__ = "0.1.0"
@@ -104,10 +107,12 @@ __all__ = [
     "LimiterError",
     "ModelKey",
     "ModelProfile",
+    "ModelStats",
     "ModelStatus",
     "QueueWait",
     "Reaped",
     "SchemaVersionError",
+    "Stats",
     "Status",
     "StorageError",
     "TicketInfo",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
-from . import _events
+from . import _events, _stats
 from ._claim import judge
 from ._core import Core, explanation_of, status_of
 from ._engine import (
@@ -58,6 +58,7 @@ from ._wake import WriterLock
 if TYPE_CHECKING:
     import os
     from collections.abc import Iterable, Iterator
+    from datetime import datetime, timedelta
     from pathlib import Path
     from types import TracebackType
 
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from ._fallback import ModelRow
     from ._keys import ModelKey
     from ._results import Explanation, LeaseInfo, Reaped, Status, TicketInfo
+    from ._stats import Stats
 
 
 def _file_exists(path: Path, *, default: bool) -> bool:
@@ -408,6 +410,38 @@ class Inspector:
             return []
         with self._connection() as conn, read_transaction(conn):
             return _events.counts(conn)
+
+    def stats(
+        self,
+        *,
+        since: float | datetime | timedelta | None = None,
+        model: ModelKey | str | None = None,
+    ) -> Stats:
+        """The history's figures per model from ``since`` to now (``collet-limiter stats``).
+
+        ``since``: seconds since the epoch, a datetime (naive means UTC), a timedelta (that
+        long before now) or None (all the history kept, as the ``model_stats`` view gives it).
+        ``model`` keeps that model alone. "Now" is the database's time (see ``now``). One read
+        transaction. Before any database (``missing_ok``), the configured models with zeros
+        and ``exists`` False. See ``Stats`` and ``ModelStats`` for what each figure counts.
+        """
+        key = None if model is None else coerce_key(model, what="model")
+        _stats.resolve_since(since, 0.0)  # a bad value is refused before any read
+        if not self._present():
+            now = self._core.estimated_now()
+            return _stats.compute(
+                since=_stats.resolve_since(since, now),
+                now=now,
+                lifetimes=(),
+                reports=(),
+                tallies=(),
+                listed=[row.key for row in self._core.config_rows],
+                model=key,
+                exists=False,
+            )
+        with self._connection() as conn, read_transaction(conn):
+            now = self._core.read_now(conn)
+            return _stats.read(conn, since=_stats.resolve_since(since, now), now=now, model=key)
 
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now.
