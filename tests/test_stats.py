@@ -564,12 +564,6 @@ def test_the_model_stats_view_gives_the_same_figures_as_stats_over_all_the_histo
         assert list(row) == pytest.approx(list(ours[key]), abs=1e-6), key
 
 
-@pytest.mark.xfail(
-    reason="migration 0006's lease_history takes every 'reclaimed' row, reclaimed tickets "
-    "(lease_id NULL, acquired_ts NULL) too: model_stats counts them as acquisitions, their wait "
-    "in the percentiles, and their NULL start in the peak",
-    strict=True,
-)
 def test_the_model_stats_view_agrees_with_stats_after_a_reclaimed_ticket(
     open_sync_limiter: Callable[..., Limiter], database: Path | str, clock: FakeClock
 ) -> None:

@@ -43,7 +43,7 @@ CREATE VIEW lease_history AS
 SELECT lease_id, provider, model, primary_provider, primary_model, via, holder, pid, hostname,
        acquired_ts, waited_ms, ts AS ended_ts, held_ms, kind AS ended, reason
 FROM events
-WHERE kind IN ('released', 'reclaimed', 'discarded')
+WHERE kind IN ('released', 'reclaimed', 'discarded') AND lease_id IS NOT NULL
 UNION ALL
 SELECT id, provider, model, primary_provider, primary_model, via, holder, pid, hostname,
        acquired_ts, (acquired_ts - COALESCE(requested_ts, acquired_ts)) * 1000.0,
