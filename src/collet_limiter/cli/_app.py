@@ -18,6 +18,7 @@ from ._main import EXIT_CONFIG, EXIT_PROBLEMS, EXIT_TIMEOUT, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime, timedelta
 
     from collet_limiter import Diagnosis, Inspector
 
@@ -123,6 +124,19 @@ def _key(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Mod
     return key
 
 
+def _since(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> datetime | timedelta | None:
+    if value is None:
+        return None
+    from ._stats import parse_since
+
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _chain(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[ModelKey, ...]:
@@ -201,8 +215,8 @@ def cli(ctx: click.Context) -> None:
     """Per-model concurrency limits for LLM calls, shared by every process on this machine.
 
     Gate a command with a permit (run), see who holds what (status, leases, watch, explain),
-    export it to Prometheus (metrics), clean up (reap), check the database (init, doctor), or
-    watch it all work (demo).
+    what happened (stats), export it to Prometheus (metrics), clean up (reap), check the
+    database (init, doctor), or watch it all work (demo).
     Exit statuses: 0 ok, 1 problems found, 2 usage, 3 config, 4 database, 75 run timeout;
     run otherwise exits with its command's status.
     """
@@ -402,6 +416,67 @@ def explain(
         console = make_console()
         console.print(explain_table(result))
         console.print(explain_verdict(result))
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--since",
+    metavar="30m|1h|2d|TIME",
+    callback=_since,
+    help="The window: that long before now (30s, 30m, 1h, 2d), or from an ISO 8601 time "
+    "(2026-12-03T11:00, UTC if naive). Default: all the history kept ([limiter] history_days).",
+)
+@click.option(
+    "--model",
+    "-m",
+    metavar="PROVIDER/MODEL",
+    callback=_key,
+    help="This model only (the total is then its figures, and the table leaves it out).",
+)
+@json_option
+@global_options
+@click.pass_context
+def stats(
+    ctx: click.Context,
+    *,
+    since: datetime | timedelta | None,
+    model: ModelKey | None,
+    as_json: bool,
+) -> int:
+    """Per model and in total, from the history: acquisitions, waits, timeouts, 429s, peaks.
+
+    For each model: acquisitions (and how many were not granted as asked: queue, chain,
+    capability, cli), the wait from request to grant (p50, p95, p99, max, in ms), timeouts,
+    reclaimed and lost leases, reported refusals (429s), time spent cooling down, and the
+    most leases held at once. Counts the history kept ([limiter] history_days, 7 by default).
+    Before anything has run (no database yet) it shows the config's models with zeros.
+
+    \b
+    Example:
+      collet-limiter stats --since 1h
+      collet-limiter stats --since 2026-12-03T09:00 --model zai/glm-5 --json
+    """
+    from ._output import dumps, missing_line
+    from ._stats import stats_data, stats_table, window_line
+
+    found = settings(ctx)
+    history_days = found.config().limiter.history_days
+    with found.inspector(missing_ok=True) as inspector:
+        result = inspector.stats(since=since, model=model)
+        if as_json:
+            click.echo(dumps(stats_data(result, db=inspector.db, history_days=history_days)))
+            return 0
+        from ._tables import make_console
+
+        if not result.exists:
+            click.echo(missing_line(inspector.db))
+        click.echo(window_line(result, asked=since, history_days=history_days))
+        console, table = make_console(), stats_table(result, total=model is None)
+        if not console.is_terminal:  # a file or a pipe: whole rows, however long
+            unbounded = console.options.update_width(10_000)
+            console.width = max(console.width, console.measure(table, options=unbounded).maximum)
+        console.print(table)
     return 0
 
 
