@@ -313,7 +313,7 @@ class LimiterMachine(RuleBasedStateMachine):
         """A waiter looks (lock-free), then claims with its ticket, as acquire_wait loops."""
         waiter = data.draw(st.sampled_from(self.waiters))
         request = waiter.gen.raw._core.with_ticket(
-            waiter.request, SimpleNamespace(ticket=waiter.ticket)
+            waiter.request, SimpleNamespace(ticket=waiter.ticket, at=self.clock())
         )
         with waiter.gen.raw._runtime.connection() as conn:
             (looks,), _ = waiter.gen.raw._core.could_grant(conn, [request])

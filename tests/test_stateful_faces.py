@@ -752,8 +752,8 @@ def expired_leases_stay(monkeypatch: pytest.MonkeyPatch) -> None:
 
     original = _store.reap
 
-    def reap(conn: Any, now: float, *, my_host: str) -> Any:
-        return original(conn, now - 2 * TTL, my_host=my_host)
+    def reap(conn: Any, now: float, *, my_host: str, history: bool) -> Any:
+        return original(conn, now - 2 * TTL, my_host=my_host, history=history)
 
     patch_everywhere(monkeypatch, original, reap)
 
