@@ -493,6 +493,8 @@ def test_stats_before_any_database_are_the_configured_models_with_zeros_and_crea
         (math.inf, None, "since"),
         (True, None, "since"),
         (timedelta(seconds=-1), None, "since"),
+        (timedelta(days=999_999), None, "since"),  # before the year 1: no time to show
+        (1e300, None, "since"),
         (None, "glm-5", None),
         (None, 5, None),
     ],

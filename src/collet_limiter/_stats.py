@@ -126,6 +126,18 @@ def resolve_since(value: float | datetime | timedelta | None, now: float) -> flo
     a timedelta is that long before ``now``; None stays None (everything kept)."""
     if value is None:
         return None
+    resolved = _since_seconds(value, now)
+    try:
+        utc_datetime(resolved)  # shown as a time: it must be one
+    except (ValueError, OverflowError, OSError):
+        raise ConfigError(
+            f"since must be a time between the years 1 and 9999 (got {value!r})",
+            argument="since",
+        ) from None
+    return resolved
+
+
+def _since_seconds(value: float | datetime | timedelta, now: float) -> float:
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ConfigError(
