@@ -631,9 +631,12 @@ class Runtime:
     def release(self, lease: BaseLease, *, blocking: bool = True) -> NotNow | None:
         """Delete ``lease``'s row; marks it lost (and logs) when it had been reclaimed."""
         record = lease._record  # noqa: SLF001 - recorded as lost if it was reclaimed
-        released = self.write(
-            lambda conn: self.core.release(conn, lease.id, lease.token, record), blocking=blocking
-        )
+
+        def release_in_turn(conn: Connection) -> bool:
+            # Decided in the turn: a renewal that found the lease lost recorded it already.
+            return self.core.release(conn, lease.id, lease.token, None if lease.lost else record)
+
+        released = self.write(release_in_turn, blocking=blocking)
         if isinstance(released, NotNow):
             return released
         with self.lock:
@@ -677,26 +680,33 @@ class Runtime:
             self.write(lambda conn: self.core.release(conn, lease_id, token))
 
     def renew(self) -> list[BaseLease]:
-        """Renew every lease and ticket this runtime holds now; returns leases found lost."""
-        with self.lock:
-            held = dict(self._leases)
-        records = {token: lease._record for token, lease in held.items()}  # noqa: SLF001
-        outcome = self.write(lambda conn: self.core.renew(conn, records))
+        """Renew every lease and ticket this runtime holds now; returns leases found lost.
+
+        The leases are listed, and those found lost marked, inside the turn to write: a lease
+        released meanwhile (marked released before its own write) is then never taken for lost,
+        and a release that comes after sees the mark, so a loss is recorded once."""
+        found: list[BaseLease] = []
+
+        def renew_in_turn(conn: Connection) -> None:
+            found.clear()  # a retried transaction starts over
+            with self.lock:
+                held = {t: lease for t, lease in self._leases.items() if not lease.released}
+            records = {token: lease._record for token, lease in held.items()}  # noqa: SLF001
+            expires, lost_tokens = self.core.renew(conn, records)
+            with self.lock:
+                for token, lease in held.items():
+                    if token in lost_tokens:
+                        lease._mark_lost()  # noqa: SLF001
+                        self._leases.pop(token, None)
+                        found.append(lease)
+                    else:
+                        lease.expires_ts = expires
+
+        outcome = self.write(renew_in_turn)
         assert not isinstance(outcome, NotNow)
-        expires, lost_tokens = outcome
-        lost = []
-        with self.lock:
-            for token, lease in held.items():
-                if lease.released:
-                    continue  # released cleanly while the renewal waited for its turn
-                if token in lost_tokens:
-                    lease._mark_lost()  # noqa: SLF001
-                    self._leases.pop(token, None)
-                    lost.append(lease)
-                    self.core.log_lost(lease)
-                else:
-                    lease.expires_ts = expires
-        return lost
+        for lease in found:
+            self.core.log_lost(lease)
+        return found
 
     def reap(self) -> list[Reaped]:
         """Remove expired leases and tickets and those of provably dead holders, now."""
