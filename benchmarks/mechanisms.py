@@ -43,7 +43,8 @@ class ColletSync:
             {
                 "collaboration": {"max_agents": 64},
                 "models": [{"name": "m", "concurrency_limit": params["limit"]}],
-                "limiter": {"history": self.HISTORY},
+                # Only when off: an older collet-limiter (history_cost.py --baseline) has no key.
+                "limiter": {} if self.HISTORY else {"history": False},
             }
         )
         self.limiter = Limiter(

@@ -18,9 +18,9 @@ the model after that: nothing writes at the moment itself) and ``limit_changed``
 limit or the global cap by a config, the adaptive limit by a report or its full recovery).
 Reclaimed tickets are ``reclaimed`` rows with a ``ticket_id`` and no ``lease_id``.
 
-Pruning deletes rows older than ``[limiter] history_days``, at most ``PRUNE_BATCH`` at a time,
-after adding them to ``event_counts``, so that a count (``collet-limiter metrics``) never goes
-down.
+Pruning deletes rows older than ``[limiter] history_days``, oldest id first and at most
+``PRUNE_BATCH`` at a time, after adding them to ``event_counts``, so that a count
+(``collet-limiter metrics``) never goes down.
 """
 
 from __future__ import annotations
@@ -195,8 +195,18 @@ def record(conn: Connection, kind: str, now: float, **fields: Any) -> None:
 
 # --- pruning -----------------------------------------------------------------------------------
 
-_OLDEST: Final = Prepared(
-    select(s.events.c.ts).order_by(s.events.c.ts).limit(1).offset(bindparam("skip"))
+# Pruning walks the table in id order, the order rows were written in, which the primary key
+# gives for free: an index on ts (or AUTOINCREMENT) would cost every release one more page to
+# write (CPU per uncontended cycle, history on against off: 19 % more with both, 13 % with
+# neither). Times follow ids but not strictly (a cooldown_ended is stamped with the past),
+# so a prune stops at the first row young enough to keep: an old row after it waits its turn.
+_BATCH_END: Final = Prepared(
+    select(s.events.c.id).order_by(s.events.c.id).limit(1).offset(bindparam("skip"))
+)
+_FIRST_KEPT: Final = Prepared(
+    select(func.min(s.events.c.id)).where(
+        (s.events.c.id < bindparam("bound")) & (s.events.c.ts >= bindparam("cutoff"))
+    )
 )
 _KEY_COLUMNS: Final = ("kind", "provider", "model", "via")
 
@@ -209,12 +219,12 @@ def _key(column: str) -> ColumnElement[Any]:
     )
 
 
-_AGED: Final = Prepared(
-    select(*(_key(c).label(c) for c in _KEY_COLUMNS), func.count())
-    .where(s.events.c.ts < bindparam("cutoff"))
-    .group_by(*(_key(c) for c in _KEY_COLUMNS))
+_COUNTS: Final = select(*(_key(c).label(c) for c in _KEY_COLUMNS), func.count()).group_by(
+    *(_key(c) for c in _KEY_COLUMNS)
 )
-_DELETE_AGED: Final = Prepared(delete(s.events).where(s.events.c.ts < bindparam("cutoff")))
+_ALL_COUNTS: Final = Prepared(_COUNTS)
+_AGED: Final = Prepared(_COUNTS.where(s.events.c.id < bindparam("stop")))
+_DELETE_AGED: Final = Prepared(delete(s.events).where(s.events.c.id < bindparam("stop")))
 _COUNT_KEY: Final = (
     (s.event_counts.c.kind == bindparam("k_kind"))
     & (s.event_counts.c.provider == bindparam("k_provider"))
@@ -238,14 +248,16 @@ _NEW_COUNT: Final = Prepared(
 
 
 def prune(conn: Connection, now: float, days: float) -> int:
-    """Delete up to ``PRUNE_BATCH`` events older than ``days``, oldest first, counting them in
-    ``event_counts``; returns how many went. Write transaction."""
+    """Delete the events older than ``days`` written before the first one to keep, at most
+    ``PRUNE_BATCH``, counting them in ``event_counts``; returns how many went. Write
+    transaction."""
     cutoff = now - days * 86400.0
-    bound = _OLDEST.scalar(conn, {"skip": PRUNE_BATCH})
-    if bound is not None and bound < cutoff:
-        cutoff = bound  # the oldest PRUNE_BATCH rows (and their equals in time) only
+    bound = _BATCH_END.scalar(conn, {"skip": PRUNE_BATCH})
+    bound = 2**62 if bound is None else int(bound)  # fewer rows than a batch: all of them
+    kept = _FIRST_KEPT.scalar(conn, {"bound": bound, "cutoff": cutoff})
+    stop = bound if kept is None else int(kept)
     removed = 0
-    for kind, provider, model, via, count in _AGED.rows(conn, {"cutoff": cutoff}):
+    for kind, provider, model, via, count in _AGED.rows(conn, {"stop": stop}):
         params = {
             "k_kind": kind,
             "k_provider": provider,
@@ -259,14 +271,14 @@ def prune(conn: Connection, now: float, days: float) -> int:
         cursor.close()
         removed += count
     if removed:
-        _DELETE_AGED.execute(conn, {"cutoff": cutoff}).close()
+        _DELETE_AGED.execute(conn, {"stop": stop}).close()
     return removed
 
 
 def counts(conn: Connection) -> list[tuple[str, str, str, str, int]]:
     """Every event ever written (kept or pruned) by kind, provider, model and via ('' for
     none): (kind, provider, model, via, count), for counters that never go down."""
-    kept = _AGED.rows(conn, {"cutoff": float("inf")})
+    kept = _ALL_COUNTS.rows(conn)
     pruned = conn.execute(select(s.event_counts)).all()
     total: dict[tuple[str, str, str, str], int] = {}
     for row in [*kept, *pruned]:

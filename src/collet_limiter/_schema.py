@@ -79,8 +79,9 @@ leases = Table(
     # When the request that got it began (migration 0006): acquired_ts minus this is how long
     # it waited. NULL for a lease granted by an older collet-limiter.
     Column("requested_ts", Float, nullable=True),
-    Index("ix_leases_model", "provider", "model"),
-    Index("ix_leases_owner", "owner"),
+    # No index but the primary key (migration 0006 dropped the two there were): the global cap
+    # keeps this table to a few pages, which a scan reads faster than an index is kept, and
+    # each index cost every acquire and release one more page to write.
     sqlite_autoincrement=True,  # ids are never reused (a released id could be mistaken)
 )
 
@@ -145,8 +146,9 @@ events = Table(
     Column("until_ts", Float, nullable=True),  # the model's cooldown end after this event
     Column("limit_before", Integer, nullable=True),
     Column("limit_after", Integer, nullable=True),
-    Index("ix_events_ts", "ts"),
-    sqlite_autoincrement=True,
+    # No index on ts and no AUTOINCREMENT: each would cost every release one more page to
+    # write. Rows are pruned in id order (see _events), so ids are not reused but for the
+    # case of every row pruned.
 )
 
 # What pruning removed from ``events``, counted, so that counters (``collet-limiter metrics``)
