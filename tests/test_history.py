@@ -293,7 +293,7 @@ def test_a_cancelled_acquire_writes_cancelled_with_its_wait(
             one_ticket(database)
             deadline = time.monotonic() + TIMEOUT
             # Registered as a waiter: parked between claims (an interrupt as a claim commits
-            # is the xfail test below).
+            # is a test below).
             while not runtime.waiters:
                 assert time.monotonic() < deadline
                 time.sleep(0.005)
@@ -315,7 +315,7 @@ def test_a_cancelled_acquire_writes_cancelled_with_its_wait(
             task = asyncio.ensure_future(waiter.limiter.acquire_wait(GLM5, holder="interrupted"))
             deadline = time.monotonic() + TIMEOUT
             # Registered as a waiter: parked between claims (a cancellation that meets a claim
-            # ending on the worker thread is the xfail test below).
+            # ending on the worker thread is a test below).
             while not runtime.waiters:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.005)
@@ -344,12 +344,6 @@ def test_a_cancelled_acquire_writes_cancelled_with_its_wait(
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("api", ["async"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/collet_limiter/_aio.py _finish: a cancellation that arrives after the worker's "
-    "job ended, but before the task saw its result, is swallowed (cancelled = cancelled or not "
-    "waiting.done() stays False): the task goes on waiting, nothing is discarded or recorded",
-)
 def test_a_task_cancelled_as_its_claim_ends_on_the_worker_is_cancelled_and_recorded(
     open_limiter: Callable[..., Any], database: Path | str
 ) -> None:
@@ -383,13 +377,6 @@ def test_a_task_cancelled_as_its_claim_ends_on_the_worker_is_cancelled_and_recor
 
 
 @SQLITE_ONLY
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/collet_limiter/_runtime.py _write_in_turn: an exit exception during the commit "
-    "makes SQLAlchemy invalidate the connection, which empties conn.info, so the finally's "
-    "`del conn.info[WAKE_KEY]` raises KeyError over the KeyboardInterrupt: the caller gets a "
-    "KeyError and the history records the give-up with reason \"'collet_limiter_wake'\"",
-)
 def test_an_interrupt_as_a_claim_commits_is_raised_as_such_and_recorded_cancelled(
     open_sync_limiter: Callable[..., Limiter],
     database: Path | str,
@@ -722,13 +709,6 @@ def test_an_adaptive_report_and_the_full_recovery_record_limit_changes(
     assert rows(database, "SELECT effective_limit, cooldown_until_ts FROM models") == [(None, None)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/collet_limiter/_core.py _record_report: a report on a model whose adaptive "
-    "limit recovered fully, with no claim since, records the cooldown's unrecorded end but not "
-    "the unrecorded recovery (forget_recovered runs only in claims), so the next limit_changed "
-    "starts from 3 while the last one recorded ended at 2",
-)
 def test_a_report_after_an_unrecorded_full_recovery_records_that_recovery_first(
     open_sync_limiter: Callable[..., Limiter], clock: FakeClock, database: Path | str
 ) -> None:

@@ -184,7 +184,9 @@ async def _finish(future: concurrent.futures.Future[T]) -> T:
         try:
             await asyncio.shield(waiting)
         except asyncio.CancelledError:  # noqa: PERF203 - rarely more than one turn
-            cancelled = cancelled or not waiting.done()
+            # Ours even when the job ended in the same turn: the caller was cancelled, and
+            # what the job did (a lease granted) is undone by the caller's Discard.
+            cancelled = True
         except Exception:  # noqa: BLE001, S110 - the job's own error, raised below
             pass
     if cancelled:

@@ -699,10 +699,17 @@ def _baseline(clock: Callable[[], float], drift: float) -> float:
 
 def _record_report(conn: Connection, row: ModelRow, health: Health, now: float) -> None:
     """The events of a reported refusal: the report, the cooldown it started (after the end of
-    one that ended unrecorded), and the adaptive limit it lowered."""
+    one that ended unrecorded), and the adaptive limit it lowered (after a full recovery left
+    unrecorded)."""
     where = {"provider": row.key.provider, "model": row.key.model}
     before = row.health
     until, kind = health.cooldown_until, health.cooldown_kind
+    if before.effective is not None and effective_limit(row.limit, before, now) >= row.limit:
+        # Fully recovered with no claim since to record it (see _claim.forget_recovered).
+        _events.record(
+            conn, "limit_changed", now, limit_before=before.effective, limit_after=row.limit,
+            reason="adaptive limit recovered", **where,
+        )  # fmt: skip
     if not cooling(before, now):
         if before.cooldown_until is not None:
             _events.record(

@@ -448,7 +448,9 @@ class Runtime:
                     try:
                         return func(conn)
                     finally:
-                        del conn.info[WAKE_KEY]
+                        # pop: an interrupt during COMMIT invalidates the connection, which
+                        # empties its info, and a KeyError here would replace the interrupt.
+                        conn.info.pop(WAKE_KEY, None)
             finally:
                 self._writer.release()
 
