@@ -175,10 +175,14 @@ def test_cancelling_acquire_at_any_point_never_strands_a_lease(
     asyncio.run(main())
 
 
-def test_a_thousand_tasks_over_three_models_keep_the_limits(
-    database: Path | str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "count", [300, pytest.param(1000, marks=pytest.mark.slow)], ids=["ci", "full"]
+)
+def test_many_tasks_over_three_models_keep_the_limits(
+    database: Path | str, capsys: pytest.CaptureFixture[str], count: int
 ) -> None:
-    """Every task finishes and the limits hold; the loop lag is measured and printed.
+    """Every task finishes and the limits hold; the loop lag is measured and printed (CI runs
+    300 tasks; the full run, 1,000, took about 28 s per backend there).
 
     Lag is how late a 1 ms sleep wakes up. CPython's full (generation 2) garbage collections
     also stop the loop; they are timed separately, since they are the interpreter's, not ours.
@@ -221,7 +225,7 @@ def test_a_thousand_tasks_over_three_models_keep_the_limits(
                     holding[model] -= 1
 
             started = time.perf_counter()
-            await asyncio.gather(*(task(i) for i in range(1000)))
+            await asyncio.gather(*(task(i) for i in range(count)))
             elapsed = time.perf_counter() - started
             stop.set()
             await watch
@@ -238,7 +242,7 @@ def test_a_thousand_tasks_over_three_models_keep_the_limits(
     lags.sort()
     with capsys.disabled():
         print(
-            f"\n1000 tasks over 3 models: {elapsed:.1f} s; loop lag p50 {lags[len(lags) // 2] * 1e3:.2f} ms, "
+            f"\n{count} tasks over 3 models: {elapsed:.1f} s; loop lag p50 {lags[len(lags) // 2] * 1e3:.2f} ms, "
             f"p99 {lags[int(len(lags) * 0.99)] * 1e3:.2f} ms, max {lags[-1] * 1e3:.1f} ms; "
             f"{len(collections)} full GCs, longest {max(collections, default=0) * 1e3:.1f} ms"
         )

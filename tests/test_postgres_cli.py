@@ -117,6 +117,8 @@ def test_a_wrong_password_is_one_line_naming_the_server_and_never_shows_the_pass
 def test_an_unreachable_server_is_one_line_naming_it_without_a_traceback(
     config: Path, command: list[str]
 ) -> None:
+    # A Limiter retries for the busy timeout: 1 s instead of the default 10 is as conclusive.
+    config.write_text(CONFIG + "\n[limiter]\nbusy_timeout_ms = 1000\n")
     port = free_port()
     url = f"postgresql+psycopg://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{port}/postgres"
     # -q: a Limiter (init, run) retries for the busy timeout and logs a warning as it starts to;
