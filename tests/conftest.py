@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -177,3 +178,23 @@ def open_sync_limiter(database: Path | str, clock: FakeClock) -> Iterator[Callab
     yield factory
     for limiter in opened:
         limiter.close()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, str, str]]]:
+    """Run the command line in this process (for what needs no other process): (exit status,
+    stdout, stderr); the library logger's settings are put back afterwards."""
+    from collet_limiter.cli import _main
+
+    logger = logging.getLogger("collet_limiter")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        status = _main.run_main(list(args))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    yield invoke
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+    logger.handlers[:] = saved[2]

@@ -10,7 +10,6 @@ tests/test_postgres_cli.py.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
@@ -43,23 +42,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 COMMANDS = list(click_group.commands)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, str, str]]]:
-    """Run the command line in this process: (exit status, stdout, stderr)."""
-    logger = logging.getLogger("collet_limiter")
-    saved = (logger.level, logger.propagate, list(logger.handlers))
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        status = _main.run_main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    yield invoke
-    logger.setLevel(saved[0])
-    logger.propagate = saved[1]
-    logger.handlers[:] = saved[2]
 
 
 @pytest.fixture

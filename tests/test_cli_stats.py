@@ -10,7 +10,6 @@ creates nothing. On SQLite and PostgreSQL; the text and the parsing of ``--since
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 import time
@@ -22,7 +21,6 @@ import pytest
 from collet_limiter import AcquireTimeout, Limiter, load_config
 from collet_limiter._engine import resolve_target
 from collet_limiter._stats import ModelStats, Stats
-from collet_limiter.cli import _main
 from collet_limiter.cli._stats import parse_since, window_line
 
 from .cli_helpers import (
@@ -36,7 +34,7 @@ from .cli_helpers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 VIAS = ("primary", "queue", "chain", "capability", "cli")
@@ -79,23 +77,6 @@ def config(tmp_path: Path) -> Path:
 def _wide(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables as wide as they want to be, so that rows compare whole."""
     monkeypatch.setenv("COLUMNS", "200")
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, str, str]]]:
-    """Run the command line in this process (for what needs no database): status, out, err."""
-    logger = logging.getLogger("collet_limiter")
-    saved = (logger.level, logger.propagate, list(logger.handlers))
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        status = _main.run_main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    yield invoke
-    logger.setLevel(saved[0])
-    logger.propagate = saved[1]
-    logger.handlers[:] = saved[2]
 
 
 def stats(database: Path | str, config: Path, *args: str) -> str:

@@ -433,22 +433,8 @@ def claim(
 def _fell_back(
     conn: Connection, request: ClaimRequest, lease: LeaseRecord, why: str, now: float
 ) -> None:
-    _events.record(
-        conn,
-        "fell_back",
-        now,
-        provider=lease.key.provider,
-        model=lease.key.model,
-        primary_provider=request.primary.provider,
-        primary_model=request.primary.model,
-        via=lease.via,
-        lease_id=lease.id,
-        holder=lease.holder,
-        pid=lease.pid,
-        hostname=lease.hostname,
-        waited_ms=(now - (lease_requested(request, now))) * 1000.0,
-        reason=why,
-    )
+    waited = (now - lease_requested(request, now)) * 1000.0
+    _events.record(conn, "fell_back", now, waited_ms=waited, reason=why, **_events.of_lease(lease))
 
 
 def lease_requested(request: ClaimRequest, now: float) -> float:

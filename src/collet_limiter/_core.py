@@ -480,18 +480,10 @@ class Core:
             conn,
             "lost",
             now,
-            provider=record.key.provider,
-            model=record.key.model,
-            primary_provider=record.primary.provider,
-            primary_model=record.primary.model,
-            via=record.via,
-            lease_id=record.id,
-            holder=record.holder,
-            pid=record.pid,
-            hostname=record.hostname,
             acquired_ts=record.acquired_ts,
             held_ms=(now - record.acquired_ts) * 1000.0,
             reason="expired and reclaimed while its holder still held it",
+            **_events.of_lease(record),
         )
 
     def log_lost(self, lease: object) -> None:

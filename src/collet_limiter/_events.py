@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Table
     from sqlalchemy.engine import Connection
 
-    from ._store import Query
+    from ._store import LeaseRecord, Query
 
 # Every kind of event, as stored in ``events.kind``.
 KINDS: Final = (
@@ -184,6 +184,21 @@ def closed(conn: Connection, now: float, owner: str) -> None:
     params = {**_times(now), "e_reason": "limiter closed", "row_owner": owner}
     for statement in (_CLOSED_LEASES, _CLOSED_TICKETS):
         statement.execute(conn, params).close()
+
+
+def of_lease(lease: LeaseRecord) -> dict[str, Any]:
+    """The ``events`` columns that say which lease, for ``record``."""
+    return {
+        "provider": lease.key.provider,
+        "model": lease.key.model,
+        "primary_provider": lease.primary.provider,
+        "primary_model": lease.primary.model,
+        "via": lease.via,
+        "lease_id": lease.id,
+        "holder": lease.holder,
+        "pid": lease.pid,
+        "hostname": lease.hostname,
+    }
 
 
 def record(conn: Connection, kind: str, now: float, **fields: Any) -> None:
