@@ -53,3 +53,25 @@ def execute(database: Path | str, statement: str) -> None:
         return
     with pg_connect(database) as conn:
         conn.execute(statement)
+
+
+def at_revision(path: Path, revision: str, *statements: str) -> None:
+    """Make ``path`` a SQLite database at an older schema ``revision`` (the Alembic scripts up
+    to it), then run ``statements`` in the same transaction: rows an older version wrote."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import create_engine
+
+    from collet_limiter._migrate import migrations_dir
+
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(migrations_dir()))
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()

@@ -10,7 +10,6 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from sqlalchemy import create_engine
 
 from collet_limiter import (
     Acquired,
@@ -23,7 +22,7 @@ from collet_limiter import (
 from collet_limiter._schema import SCHEMA_REVISION
 
 from .conftest import SMALL, make_config
-from .sql import SQLITE_ONLY, rows
+from .sql import SQLITE_ONLY, at_revision, rows
 from .test_history import (
     GLM5,
     GLM47,
@@ -212,31 +211,19 @@ def test_every_prune_every_th_release_prunes(
 def test_an_older_database_is_upgraded_and_its_old_lease_ends_with_no_wait(
     database: Path, clock: FakeClock
 ) -> None:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    from collet_limiter._migrate import migrations_dir
-
-    engine = create_engine(f"sqlite:///{database}")
-    with engine.begin() as conn:
-        alembic = AlembicConfig()
-        alembic.set_main_option("script_location", str(migrations_dir()))
-        alembic.attributes["connection"] = conn
-        command.upgrade(alembic, "0005_cooldowns")
-        conn.exec_driver_sql(
-            "INSERT INTO leases (token, provider, model, primary_provider, primary_model, via, "
-            "holder, pid, pid_start, host_id, hostname, owner, acquired_at, expires_at, "
-            "acquired_ts, expires_ts) VALUES ('old-lease', 'zai', 'glm-5', 'zai', 'glm-5', "
-            f"'primary', 'old', 4242, 0, 'elsewhere', 'old-host', 'o', 'x', 'x', {clock.now - 4}, "
-            "9e18)"
-        )
-        conn.exec_driver_sql(
-            "INSERT INTO waiters (token, provider, model, holder, pid, pid_start, host_id, "
-            "hostname, owner, enqueued_at, expires_at, enqueued_ts, expires_ts) VALUES "
-            "('old-ticket', 'zai', 'glm-4.7', 'old', 4242, 0, 'elsewhere', 'old-host', 'o', 'x', "
-            f"'x', {clock.now - 2}, {clock.now - 1})"
-        )
-    engine.dispose()
+    at_revision(
+        database,
+        "0005_cooldowns",
+        "INSERT INTO leases (token, provider, model, primary_provider, primary_model, via, "
+        "holder, pid, pid_start, host_id, hostname, owner, acquired_at, expires_at, "
+        "acquired_ts, expires_ts) VALUES ('old-lease', 'zai', 'glm-5', 'zai', 'glm-5', "
+        f"'primary', 'old', 4242, 0, 'elsewhere', 'old-host', 'o', 'x', 'x', {clock.now - 4}, "
+        "9e18)",
+        "INSERT INTO waiters (token, provider, model, holder, pid, pid_start, host_id, "
+        "hostname, owner, enqueued_at, expires_at, enqueued_ts, expires_ts) VALUES "
+        "('old-ticket', 'zai', 'glm-4.7', 'old', 4242, 0, 'elsewhere', 'old-host', 'o', 'x', "
+        f"'x', {clock.now - 2}, {clock.now - 1})",
+    )
     with Limiter(database, config=config(), clock=clock) as limiter:
         with sqlite3.connect(database) as look:
             assert look.execute("SELECT version_num FROM alembic_version").fetchall() == [

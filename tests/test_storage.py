@@ -23,6 +23,8 @@ from collet_limiter import (
 from collet_limiter._migrate import head_revision, migrations_dir
 from collet_limiter._schema import SCHEMA_REVISION, metadata
 
+from .sql import at_revision
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,23 +42,13 @@ def test_the_migrated_schema_is_the_one_the_queries_use(db: Path) -> None:
 
 
 def test_an_older_database_is_upgraded_in_place_keeping_its_rows(db: Path) -> None:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    from collet_limiter._migrate import migrations_dir
-
-    engine = create_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(migrations_dir()))
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0001_initial")
-        conn.exec_driver_sql(
-            "insert into waiters (token, provider, model, pid, pid_start, host_id, hostname, "
-            "owner, enqueued_at, expires_at, enqueued_ts, expires_ts) values "
-            "('t', 'p', 'm', 1, 0, 'h', 'h', 'o', 'x', 'x', 0, 9e18)"
-        )
-    engine.dispose()
+    at_revision(
+        db,
+        "0001_initial",
+        "insert into waiters (token, provider, model, pid, pid_start, host_id, hostname, "
+        "owner, enqueued_at, expires_at, enqueued_ts, expires_ts) values "
+        "('t', 'p', 'm', 1, 0, 'h', 'h', 'o', 'x', 'x', 0, 9e18)",
+    )
     Limiter(db).close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("select version_num from alembic_version").fetchall() == [
