@@ -300,3 +300,35 @@ def test_call_gives_up_after_its_attempts_and_never_retries_other_errors(
     assert limiter.status().in_use == 0
     with pytest.raises(ConfigError, match="attempts must be an int >= 1"):
         limiter.call(GLM5, broken, attempts=0)
+
+
+def test_a_waiters_lock_free_look_sees_a_cooldown_end_with_nothing_written_since(
+    database: Path | str, clock: FakeClock
+) -> None:
+    """The look (a watcher's, without a transaction) judges a cooldown by the limiter's clock:
+    on PostgreSQL, the server's clock as the last transaction found it, moved on by ``clock``
+    since. Found by the state machine: the look moved with the host's clock instead, so a
+    hand-moved clock ended the cooldown for every claim but not for the look."""
+    from collet_limiter import Limiter
+
+    limiter = Limiter(database, config=make_config(**SMALL), clock=clock)
+    try:
+        runtime, core = limiter._runtime, limiter._core
+        lease = limiter.acquire(GLM5)
+        lease.report_rate_limited(30)
+        lease.release()
+        request = core.request(GLM5, None, fallback=False, enqueue=True, label="w")
+        queued = runtime.write(lambda conn: core.claim(conn, request))
+        assert queued.lease is None and queued.ticket is not None, "queued behind the cooldown"
+        waiting = core.with_ticket(request, queued)
+
+        def look() -> bool:
+            with runtime.connection() as conn:
+                (answer,), _ = core.could_grant(conn, [waiting])
+            return answer
+
+        assert not look(), "the model is cooling down"
+        clock.advance(30 + SLACK)  # nothing is written at the cooldown's end
+        assert look(), "the cooldown ended: a claim would grant the waiter"
+    finally:
+        limiter.close()

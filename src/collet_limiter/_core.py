@@ -121,7 +121,7 @@ class Core:
         self.history_days = settings.history_days
         self.sharing = Sharing(settings.group)
         self.file_id: tuple[int, int] | None = None
-        self.clock_offset = 0.0  # the PostgreSQL server's clock minus this host's (see now())
+        self.clock_offset = 0.0  # the PostgreSQL server's clock minus ``clock`` (see now())
         self._drift0: float | None = None  # an injected clock's offset at the first now()
         self.config_rows = self.config.model_rows()
         self.quota_logged: set[ModelKey] = set()  # models whose quota refusal was logged here
@@ -146,8 +146,9 @@ class Core:
         transaction took its lock, so that hosts with skewed clocks agree on every expiry: an
         injected ``clock`` only adds how far it has moved beyond this host's clock since the
         first transaction of any limiter using it in this process (a test's hand-moved clock,
-        shared by its limiters), never its offset. The difference to this host's clock is kept
-        for the watcher's expiry timer.
+        shared by its limiters), never its offset. The difference to ``clock`` is kept for
+        what is judged without a transaction (``estimated_now``): the lock-free look, the
+        watcher's expiry timer.
         """
         server = server_now(conn)
         if server is None:
@@ -160,7 +161,7 @@ class Core:
             if self._drift0 is None:
                 self._drift0 = _baseline(self.clock, drift)
             server += drift - self._drift0
-        self.clock_offset = server - time.time()
+        self.clock_offset = server - self.clock()
         return server
 
     def read_now(self, conn: Connection) -> float:
@@ -174,7 +175,7 @@ class Core:
         """What ``now`` would say at this moment, without asking the database."""
         if self.target.is_sqlite:
             return self.clock()
-        return time.time() + self.clock_offset
+        return self.clock() + self.clock_offset
 
     def demand(self, key: ModelKey) -> ModelRow:
         """The row to add for a key the table lacks."""
