@@ -2,9 +2,11 @@
 
 The common cases cost one statement: a fresh request when nobody waits, and a waiter at the
 head of the whole queue, are each a single conditional ``INSERT ... SELECT`` that inserts the
-lease only if the model and the global cap have room. Anything else (a full model, waiters
-ahead, a fallback to consider, a new key) takes the general path: read the rows, ask the fallback
-engine for the order, apply the fairness rule, reap the dead only if something stood in the
+lease only if the model and the global cap have room. A fresh ``acquire_wait`` refused by its
+model's own leases and waiters queues after one more read and the reap (four statements).
+Anything else (waiters ahead on a model with room, a fallback to consider, a new key, a model
+that learned from a refusal) takes the general path: read the rows, ask the fallback engine
+for the order, apply the fairness rule, reap the dead only if something stood in the
 primary's way, and decide again.
 """
 
@@ -176,6 +178,33 @@ _FAST_RETURNING: Final = {
     True: Prepared(_FAST_HEAD.returning(s.leases.c.id)),
 }
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
+
+
+def _model_queue() -> Any:
+    """SQL: a model's configured limit, its leases and its waiters, if it learned nothing.
+
+    For a fresh request that waits for its primary only: when that model's leases and waiters
+    already fill its limit, the fairness rule refuses the request whatever the global cap says
+    (it stands behind every waiter), so the claim can queue it without reading the rest of
+    the database. A model with a cooldown or an adaptive limit has no row here, as in
+    ``_room_ahead_of``: the general path applies what it learned.
+    """
+    provider: Any = bindparam("provider")
+    model: Any = bindparam("model")
+    m = s.models.c
+    return select(
+        m.concurrency_limit,
+        _count(s.leases, (s.leases.c.provider == provider) & (s.leases.c.model == model)),
+        _count(s.waiters, (s.waiters.c.provider == provider) & (s.waiters.c.model == model)),
+    ).where(
+        (m.provider == provider)
+        & (m.model == model)
+        & m.effective_limit.is_(None)
+        & m.cooldown_until_ts.is_(None)
+    )
+
+
+_MODEL_QUEUE: Final = Prepared(_model_queue())
 _DELETE_TICKET: Final = Prepared(delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id")))
 _INSERT_LEASE: Final = insert(s.leases)
 _TICKET_COLUMNS: Final = (
@@ -397,12 +426,14 @@ def claim(
     fast, prefetched = _first_look(conn, request, now)
     if fast is not None:
         return ClaimResult(fast, None, at=now)
+    queued, reaped = _queue_at_once(conn, request, now)
+    if queued is not None:
+        return queued
     ticket, requeued, rows, (granted, verdicts, global_reason) = _decide_first(
         conn, request, demand, now, prefetched
     )
     forget_recovered(conn, rows, now, history=request.history)
-    reaped: list[Removed] = []
-    if granted is None or granted is not verdicts[0]:
+    if not reaped and (granted is None or granted is not verdicts[0]):
         # Something stood in the way of the primary: if it is dead or expired, reclaim it and
         # decide again, so that a crashed holder never pushes a request onto a fallback.
         reaped = reap(conn, now, my_host=request.holder.host_id, history=request.history)
@@ -428,6 +459,41 @@ def claim(
     if reaped:  # what we reclaimed and did not take ourselves may let others in
         result.wake = grant_waiting(conn, now, skip=result.ticket)
     return result
+
+
+def _queue_at_once(
+    conn: Connection, request: ClaimRequest, now: float
+) -> tuple[ClaimResult | None, list[Removed]]:
+    """Queue a fresh request for its primary only (``acquire_wait``) whose model's own leases
+    and waiters refuse it, reclaiming first what is dead or expired, as the general path
+    would: four statements in all, against about ten. Returns the result, or None and what
+    was reclaimed (the general path then decides, on what is left)."""
+    if request.ticket is not None or not request.enqueue or request.fallback:
+        return None, []
+    refused = _full_for_newcomers(conn, request)
+    if refused is None:
+        return None, []
+    reaped = reap(conn, now, my_host=request.holder.host_id, history=request.history)
+    if reaped:
+        return None, reaped
+    return ClaimResult(None, enqueue(conn, request, now), [refused], at=now), []
+
+
+def _full_for_newcomers(conn: Connection, request: ClaimRequest) -> Verdict | None:
+    """The refusal of a fresh request whose primary's leases and waiters fill its limit (one
+    read); None when that is not certain, and the general path must decide."""
+    key = request.primary
+    row = _MODEL_QUEUE.rows(conn, {"provider": key.provider, "model": key.model})
+    if not row:
+        return None
+    limit, held, waiting = row[0]
+    if held + waiting < limit:
+        return None
+    snap = Snapshot(limits={key: limit}, held={key: held}, ahead={key: waiting}, cap=0)
+    ok, reason = snap.model_verdict(key)
+    assert not ok, reason
+    candidate = Candidate(key, "primary", eligible=True, reason="the requested model")
+    return Verdict(candidate, granted=False, reason=reason)
 
 
 def _fell_back(

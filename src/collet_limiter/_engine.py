@@ -34,6 +34,7 @@ import sqlite3
 import time
 from collections import namedtuple
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -43,7 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from sqlalchemy.engine import URL, Connection, Engine
     from sqlalchemy.sql.expression import ClauseElement
@@ -379,32 +380,48 @@ class Prepared:
 
     For the few statements on the hot path of every acquire and release. The SQL is still the
     Core construct's, compiled by the connection's own dialect; only SQLAlchemy's per-execution
-    machinery (events, result objects), which costs more than the statement itself, is skipped.
-    Use it for statements with plain scalar parameters and results read by position.
+    machinery (events, result objects, building each execution's parameters), which costs more
+    than the statement itself, is skipped. Use it for statements with plain scalar parameters
+    and results read by position.
     """
 
     __slots__ = ("_compiled", "_row_types", "statement")
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self._compiled: dict[str, Any] = {}
+        self._compiled: dict[str, _Compiled] = {}
         self._row_types: dict[tuple[str, ...], Any] = {}  # named tuple types by columns
+
+    def _compile(self, dialect: Any) -> _Compiled:
+        built: Any = self.statement.compile(dialect=dialect)
+        assert not built.escaped_bind_names, "Prepared takes plain parameter names only"
+        required = {name for bind, name in built.bind_names.items() if bind.required}
+        every = built.construct_params(_check=False)  # by the names the SQL uses
+        # The values the statement carries itself (literals, constants); a parameter the caller
+        # must give has none, so forgetting it fails (KeyError) instead of binding NULL.
+        defaults = {name: value for name, value in every.items() if name not in required}
+        names = tuple(built.positiontup) if built.positional else tuple(every)
+        entry = self._compiled[dialect.name] = _Compiled(
+            str(built), defaults, names, built.positional, _getter(names)
+        )
+        return entry
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """Run in ``conn``'s current transaction; returns the driver's cursor (close it)."""
         dialect = conn.dialect
-        entry: tuple[Any, str] | None = self._compiled.get(dialect.name)
-        if entry is None:
-            built: Any = self.statement.compile(dialect=dialect)  # positiontup: SQLCompiler's
-            entry = self._compiled[dialect.name] = (built, str(built))
-        compiled, sql = entry
-        values = compiled.construct_params(params or {})
-        if compiled.positional:
-            arguments: Any = tuple(values[name] for name in compiled.positiontup)
+        entry = self._compiled.get(dialect.name) or self._compile(dialect)
+        if not params:
+            values: Mapping[str, Any] = entry.defaults
+        elif entry.defaults:
+            values = {**entry.defaults, **params}
         else:
-            arguments = values
+            values = params
+        if entry.positional:
+            arguments: Any = entry.getter(values)
+        else:
+            arguments = {name: values[name] for name in entry.names}
         cursor = conn.connection.cursor()
-        cursor.execute(sql, arguments)
+        cursor.execute(entry.sql, arguments)
         return cursor
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
@@ -415,17 +432,17 @@ class Prepared:
         """The rows of an executed cursor as named tuples (none for a statement without rows);
         closes the cursor."""
         try:
-            if cursor.description is None:
+            description = cursor.description
+            if description is None:
                 return []
             fetched = cursor.fetchall()
-            names = tuple(column[0] for column in cursor.description)
         finally:
             cursor.close()
+        names = tuple(map(_first, description))
         row_type: Any = self._row_types.get(names)
         if row_type is None:
             row_type = self._row_types[names] = namedtuple("Row", names, rename=True)
-        make = row_type._make
-        return [make(row) for row in fetched]
+        return list(map(row_type._make, fetched))
 
     def scalar(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row, or None when there is no row."""
@@ -435,6 +452,30 @@ class Prepared:
         finally:
             cursor.close()
         return None if row is None else row[0]
+
+
+_first: Final = itemgetter(0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """One dialect's SQL of a ``Prepared`` statement and how to bind its parameters."""
+
+    sql: str
+    defaults: dict[str, Any]  # values of the statement's own bound literals
+    names: tuple[str, ...]  # parameters in the order the driver takes them (positional)
+    positional: bool
+    getter: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+
+
+def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function from parameter values by name to the driver's positional tuple."""
+    if not names:
+        return lambda _values: ()
+    if len(names) == 1:
+        only = names[0]
+        return lambda values: (values[only],)
+    return itemgetter(*names)
 
 
 def batch(
