@@ -16,12 +16,15 @@ model, never the whole queue.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from ._keys import ModelKey
+
+K = TypeVar("K", bound=Hashable)
 
 
 class Snapshot:
@@ -118,18 +121,19 @@ def ahead_of_each(
 
 
 def admissible(
-    queue: Iterable[tuple[int, ModelKey]],
-    limits: Mapping[ModelKey, int],
-    held: Mapping[ModelKey, int],
+    queue: Iterable[tuple[int, K]],
+    limits: Mapping[K, int],
+    held: Mapping[K, int],
     cap: int,
 ) -> list[int]:
     """The tickets a claim would grant right now, in queue order: the ones worth waking.
 
     The same rule as ``Snapshot``, for every waiter in one pass: a waiter is admissible when its
     model's free slots exceed the waiters of that model ahead of it, and the free global slots
-    exceed the earlier waiters whose own model had room.
+    exceed the earlier waiters whose own model had room. Models are keyed by ``ModelKey`` or by
+    anything else that names them alike in the three arguments.
     """
-    ahead: dict[ModelKey, int] = {}
+    ahead: dict[K, int] = {}
     with_room = 0
     global_free = cap - sum(held.values())
     out = []

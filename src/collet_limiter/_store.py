@@ -556,10 +556,13 @@ def grant_waiting(
     waiting, models, held, cap = batch(
         conn, [(_WAITERS, None), (_SELECT_MODELS, None), (_HELD, None), (_SELECT_META, _CAP_KEY)]
     )
+    # Keyed by (provider, model) tuples, which hash in C: a ModelKey's hash is a Python call,
+    # and the rule looks keys up a few times per waiter.
+    limits = limits_at(_models_from(models), now).limits
     tickets = admissible(
-        [(row.id, ModelKey(row.provider, row.model)) for row in waiting],
-        limits_at(_models_from(models), now).limits,
-        _counts_from(held),
+        [(row.id, (row.provider, row.model)) for row in waiting],
+        {(key.provider, key.model): limit for key, limit in limits.items()},
+        {(provider, model): count for provider, model, count in held},
         _cap_from(cap),
     )
     by_id = {row.id: row for row in waiting}
