@@ -36,6 +36,7 @@ from collet_limiter import (
     SchemaVersionError,
     _wake,
 )
+from collet_limiter._engine import data_version
 
 from .conftest import make_config
 from .flocks import flock_waiters
@@ -509,3 +510,30 @@ def test_an_older_versions_ticket_is_woken_but_never_granted_by_a_release(
         assert rows(database, "select holder from waiters") == [("older",)]
         with pytest.raises(AcquireTimeout):  # the older waiter keeps its place
             limiter.acquire_wait("p/m", timeout=0)
+
+
+def test_the_backstop_looks_less_often_while_nothing_is_committed(tmp_path: Path) -> None:
+    """A waiting process checks ``data_version`` every poll interval only while commits come:
+    each check that finds none doubles the interval, up to the longest poll interval, and a
+    commit brings it back (an idle waiter then costs about one check a second)."""
+    db = tmp_path / "limiter.db"
+    limiter = Limiter(db, config=make_config(), poll_interval=0.2, max_poll_interval=1.0)
+    try:
+        runtime = limiter._runtime
+        watcher = runtime.watcher
+        with runtime.connection() as conn:
+            watcher.conn, watcher.version = conn, data_version(conn)
+            watcher.looked = 1000.0  # the last look (monotonic seconds)
+            seen = []
+            for _ in range(4):  # nothing committed since: each check doubles the interval
+                later = watcher.looked + watcher.backstop + 0.001
+                assert not watcher._backstop(conn, later)
+                seen.append(watcher.backstop)
+            assert seen == [0.4, 0.8, 1.0, 1.0]
+            assert not watcher._backstop(conn, watcher.looked + 0.5), "not due yet"
+            assert watcher.backstop == 1.0
+            limiter.acquire("zai/glm-5").release()  # a commit on another connection
+            assert watcher._backstop(conn, watcher.looked + 1.0), "a commit: look"
+            assert watcher.backstop == 0.2
+    finally:
+        limiter.close()

@@ -3,8 +3,10 @@
 Three kernel facilities do the work (see ``_wake`` and docs/design.md): datagrams pushed by the
 transactions that free room, pidfds that become readable when a holder on this host dies, and a
 timer for the earliest expiry. ``PRAGMA data_version``, read at most once per poll interval, is
-the backstop for what cannot be observed that way. Waiting uses ``poll(2)``, never
-``select(2)``, which fails on descriptors above 1023 (long-running agent servers pass them).
+the backstop for what cannot be observed that way; while it finds nothing committed, its
+interval doubles up to the longest poll interval, so a quiet database costs a waiting process
+about one look a second. Waiting uses ``poll(2)``, never ``select(2)``, which fails on
+descriptors above 1023 (long-running agent servers pass them).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class Watcher:
         self.version = -1  # PRAGMA data_version at the last look
         self.looked = -math.inf  # when (monotonic)
         self.expiry_due = math.inf  # when the earliest lease or ticket expires (monotonic)
+        # The backstop's interval now: poll_interval after a change, doubling while nothing
+        # changes, up to max_poll_interval.
+        self.backstop = runtime.core.poll_interval
         self.early: set[int] = set()
         # Waiters to wake at a moment of their own (monotonic), spread after a cooldown ended.
         self.delayed: list[tuple[float, Waiter]] = []
@@ -90,6 +95,7 @@ class Watcher:
         # A waiter's wake-up is pushed to it (or met in early); a look is the backstop, needed
         # on arrival only when the last one is older than a poll interval.
         look = monotonic() - self.looked >= core.poll_interval
+        self.backstop = core.poll_interval  # a waiter just came: watch closely again
         if self.conn is not conn:  # data_version counts per connection
             self.conn, self.version = conn, -1
         engine = rt.engine
@@ -112,7 +118,7 @@ class Watcher:
             spread_due = min((due for due, _waiter in self.delayed), default=math.inf)
             timeout = max(
                 0.0,
-                min(core.poll_interval, sweep_due - now, self.expiry_due - now, spread_due - now),
+                min(self.backstop, sweep_due - now, self.expiry_due - now, spread_due - now),
             )
             wake_fd = listener.fileno()
             ready = poller.poll({wake_fd, rt.interrupt_r, *pidfds}, timeout)
@@ -125,8 +131,9 @@ class Watcher:
             now = monotonic()
             if self.delayed:
                 self._wake_delayed(now)
-            if rt.interrupt_r in ready:
+            if rt.interrupt_r in ready:  # a waiter registered: watch closely again
                 drain(rt.interrupt_r)
+                self.backstop = core.poll_interval
                 look = look or now - self.looked >= core.poll_interval
             exited = ready & pidfds
             rt.pids.exited(exited)
@@ -134,9 +141,21 @@ class Watcher:
                 sweep, self.expiry_due = True, math.inf
             # Pushed wake-ups reach the waiters whose turn came; looking after other commits
             # is the backstop, at most once per poll interval, or every process's watcher would
-            # read the queue after every commit of a busy database.
-            if now - self.looked >= core.poll_interval and self._changed(conn, now):
-                look = True
+            # read the queue after every commit of a busy database (less often while quiet).
+            look = self._backstop(conn, now) or look
+
+    def _backstop(self, conn: Connection, now: float) -> bool:
+        """Whether to look, when the backstop's interval has passed since the last look: only
+        if something changed. Each time nothing did, the interval doubles (up to the longest
+        poll interval); a change brings it back to the poll interval."""
+        core = self.rt.core
+        if now - self.looked < self.backstop:
+            return False
+        if self._changed(conn, now):
+            self.backstop = core.poll_interval
+            return True
+        self.backstop = min(self.backstop * 2, core.max_poll_interval)
+        return False
 
     def _listening(self) -> bool:
         """(Re)connect the wake-up listener if it is down; True when it just came (back) up,
