@@ -29,6 +29,7 @@ from collet_limiter import (
     LimiterClosedError,
     ModelKey,
     _claim,
+    _engine,
     load_config,
 )
 
@@ -380,15 +381,18 @@ def test_an_interrupt_as_a_claim_commits_is_raised_as_such_and_recorded_cancelle
     the waiter's first claim commits its ticket, then the interrupt is raised."""
     holder, waiter = open_sync_limiter(config()), open_sync_limiter(config())
     held = holder.acquire(GLM5)
-    dialect = waiter._runtime.engine.dialect
-    do_commit = dialect.do_commit
+    # A claim's COMMIT: the driver's own on SQLite (hot_write_transaction), SQLAlchemy's on a
+    # server.
+    owner: Any = _engine if isinstance(database, Path) else waiter._runtime.engine.dialect
+    name = "driver_commit" if isinstance(database, Path) else "do_commit"
+    commit = getattr(owner, name)
 
     def commit_then_interrupt(dbapi_connection: Any) -> None:
-        monkeypatch.setattr(dialect, "do_commit", do_commit)  # once
-        do_commit(dbapi_connection)
+        monkeypatch.setattr(owner, name, commit)  # once
+        commit(dbapi_connection)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dialect, "do_commit", commit_then_interrupt)
+    monkeypatch.setattr(owner, name, commit_then_interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
             waiter.acquire_wait(GLM5, timeout=TIMEOUT, holder="interrupted")

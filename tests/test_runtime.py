@@ -537,3 +537,46 @@ def test_the_backstop_looks_less_often_while_nothing_is_committed(tmp_path: Path
             assert watcher.backstop == 0.2
     finally:
         limiter.close()
+
+
+@pytest.mark.parametrize("through", ["driver", "core"])
+def test_a_hot_transaction_that_raises_writes_nothing_and_leaves_the_connection_usable(
+    tmp_path: Path, through: str
+) -> None:
+    """Claims, releases and discards run in the SQLite driver's own transaction; a statement
+    inside may be the driver's or a Core one (SQLAlchemy then begins a transaction of its own
+    on top). Either way an exception rolls everything back, and the next one commits."""
+    from sqlalchemy import insert
+
+    from collet_limiter._engine import hot_write_transaction
+    from collet_limiter._schema import meta
+
+    db = tmp_path / "limiter.db"
+    limiter = Limiter(db, config=make_config())
+
+    def write(conn: Any, key: str) -> None:
+        if through == "driver":
+            conn.connection.driver_connection.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '1')", (key,)
+            )
+        else:
+            conn.execute(insert(meta).values(key=key, value="1"))
+
+    def fail(conn: Any) -> None:
+        with hot_write_transaction(conn):
+            write(conn, "undone")
+            raise RuntimeError("a failure inside the transaction")
+
+    try:
+        with limiter._runtime.connection() as conn:
+            with pytest.raises(RuntimeError, match="inside the transaction"):
+                fail(conn)
+            assert not conn.in_transaction()
+            assert not conn.connection.driver_connection.in_transaction
+            with hot_write_transaction(conn):
+                write(conn, "done")
+            assert not conn.connection.driver_connection.in_transaction
+        keys = rows(db, "SELECT key FROM meta WHERE key IN ('undone', 'done')")
+        assert keys == [("done",)]
+    finally:
+        limiter.close()

@@ -22,7 +22,14 @@ from . import _claim, _events, _store
 from ._claim import ClaimRequest, ClaimResult
 from ._config import ENV_DB, Config, default_db_path, load_config
 from ._cooldown import after_report, cooling, effective_limit
-from ._engine import Target, read_transaction, resolve_target, server_now, write_transaction
+from ._engine import (
+    Target,
+    hot_write_transaction,
+    read_transaction,
+    resolve_target,
+    server_now,
+    write_transaction,
+)
 from ._errors import (
     AcquireTimeout,
     ConfigError,
@@ -380,7 +387,7 @@ class Core:
 
     def claim(self, conn: Connection, request: ClaimRequest) -> ClaimResult:
         """One claim attempt in a write transaction, logged."""
-        with write_transaction(conn):
+        with hot_write_transaction(conn):
             retry = bool(conn.info.get(RETRY_KEY))
             result = _claim.claim(conn, request, self.now(conn), self.demand, retry=retry)
         wake_after_commit(conn, result.wake)
@@ -412,7 +419,7 @@ class Core:
         """Delete one lease; False when it was already reclaimed (then, with its ``record``,
         recorded as ``lost``). Every ``PRUNE_EVERY``-th lease's release also prunes."""
         history = self.history
-        with write_transaction(conn):
+        with hot_write_transaction(conn):
             now = self.now(conn)
             released, waiting = _store.release(conn, lease_id, token, now, history=history)
             retried = bool(conn.info.get(RETRY_KEY))
@@ -434,7 +441,7 @@ class Core:
         """Remove whatever an interrupted acquire left: its ticket, and a lease it never got.
 
         ``outcome`` (timed_out or cancelled) and ``reason`` are what the history records."""
-        with write_transaction(conn):
+        with hot_write_transaction(conn):
             now = self.now(conn)
             if self.history:
                 holder = request.holder
