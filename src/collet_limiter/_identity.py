@@ -16,7 +16,6 @@ import math
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -197,4 +196,4 @@ def holder_alive(*, holder_host: str, pid: int, pid_start: float) -> bool | None
 
 def new_token() -> str:
     """A random token that proves ownership of one lease or ticket."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
