@@ -225,7 +225,7 @@ def _try_wal(cursor: Any, *, last_try: bool) -> bool:
 
 def _on_begin(conn: Connection) -> None:
     flag = conn.info.get(WRITE_FLAG)
-    if flag is HOT:  # inside hot_write_transaction: the driver's transaction is begun already
+    if flag == HOT:  # inside hot_write_transaction: the driver's transaction is begun already
         return
     cursor = conn.connection.cursor()  # straight to the driver: this runs for every transaction
     try:
