@@ -1,12 +1,15 @@
 """What `collet-limiter run` costs: `run --model x/y -- true` against `true` and `flock FILE true`.
 
-    python benchmarks/run_overhead.py [--runs 60]
+    python benchmarks/run_overhead.py [--runs 60] [--baseline DIR]
 
-Each command is started the same way (subprocess.run, no shell) one after another on an idle
-database (created beforehand), after a few warm-up runs; the wall time of each start-to-exit is
-recorded. ``PYTHONDONTWRITEBYTECODE`` is dropped from the commands' environment, so they run
-from cached bytecode as an installed package does (without it an editable checkout compiles
-its sources at every start, some 30 ms here). The overhead columns subtract the mean of `true`
+Each command is started the same way (subprocess.run, no shell) on an idle database (created
+beforehand), after a few warm-up runs, round after round (each command once per round, so a
+noisy moment of this machine touches them all); the wall time of each start-to-exit is
+recorded. ``--baseline DIR`` adds `run` from the collet-limiter sources in DIR (``DIR/src``,
+e.g. ``git archive REV src migrations | tar -x -C DIR``), to compare two versions in one run.
+``PYTHONDONTWRITEBYTECODE`` is dropped from the commands' environment, so they run from cached
+bytecode as an installed package does (without it an editable checkout compiles its sources at
+every start, some 30 ms here). The overhead columns subtract the mean of `true`
 and of `flock`. Two reference rows show where `run`'s time goes: the interpreter starting, and
 `import collet_limiter`.
 Prints a markdown table.
@@ -31,15 +34,19 @@ def cli() -> list[str]:
     return [script] if os.path.exists(script) else [sys.executable, "-m", "collet_limiter"]
 
 
-def timed(argv: list[str], runs: int, warmup: int, env: dict[str, str]) -> list[float]:
-    """Wall-clock milliseconds of each of ``runs`` runs of ``argv``."""
-    for _ in range(warmup):
-        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-    samples = []
+def timed(
+    commands: list[tuple[str, list[str], dict[str, str]]], runs: int, warmup: int
+) -> dict[str, list[float]]:
+    """Wall-clock milliseconds of each of ``runs`` runs of each command, round after round."""
+    for _name, argv, env in commands:
+        for _ in range(warmup):
+            subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    samples: dict[str, list[float]] = {name: [] for name, _argv, _env in commands}
     for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-        samples.append((time.perf_counter() - started) * 1000)
+        for name, argv, env in commands:
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+            samples[name].append((time.perf_counter() - started) * 1000)
     return samples
 
 
@@ -54,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--baseline", metavar="DIR", help="also time run from DIR/src")
     args = parser.parse_args()
 
     flock = shutil.which("flock")
@@ -70,13 +78,14 @@ def main() -> None:
         }
         env["XDG_STATE_HOME"] = tmp
         subprocess.run([*cli(), "--db", db, "init"], check=True, env=env, stdout=subprocess.DEVNULL)
+        run_args = ["--db", db, "run", "--model", "x/y", "--", true]
         commands: list[tuple[str, list[str]]] = [("true", [true])]
         if flock:
             commands.append((f"flock {tmp}/x true", [flock, str(Path(tmp) / "x"), true]))
         commands += [
             (
                 "collet-limiter run --model x/y -- true",
-                [*cli(), "--db", db, "run", "--model", "x/y", "--", true],
+                [*cli(), *run_args],
             ),
             ("(reference) python -c pass", [sys.executable, "-c", "pass"]),
             (
@@ -84,7 +93,18 @@ def main() -> None:
                 [sys.executable, "-c", "import collet_limiter"],
             ),
         ]
-        results = {name: timed(argv, args.runs, args.warmup, env) for name, argv in commands}
+        timed_commands = [(name, argv, env) for name, argv in commands]
+        if args.baseline:
+            source = str(Path(args.baseline, "src").resolve())
+            entry = [sys.executable, "-c", "from collet_limiter.cli import main; main()"]
+            timed_commands.append(
+                (
+                    f"(baseline {args.baseline}) run --model x/y -- true",
+                    [*entry, *run_args],
+                    {**env, "PYTHONPATH": source},
+                )
+            )
+        results = timed(timed_commands, args.runs, args.warmup)
 
     base_true = statistics.fmean(results["true"])
     flocked = [v for k, v in results.items() if k.startswith("flock")]

@@ -330,3 +330,28 @@ def test_importing_the_library_does_not_load_the_cli_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
     assert result.stdout == "[]\n"
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_the_command_line_collects_garbage_again_once_its_imports_are_done(
+    database: Path | str, config: Path, command: str
+) -> None:
+    """The collector is off while the command line imports (start-up), then on, the imports'
+    objects frozen, whatever the command: `run` may hold its permit for hours."""
+    assert run_cli("--db", str(database), "--config", str(config), "init").returncode == 0
+    argv = (
+        run_args(database, config, "-m", "zai/glm-5", "--", "true")
+        if command == "run"
+        else ["--db", str(database), "--config", str(config), "status"]
+    )
+    code = (
+        "import atexit, gc, sys\n"
+        "from collet_limiter.cli import main\n"
+        "atexit.register(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0, "
+        "file=sys.stderr))\n"
+        f"main({argv!r})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    assert (result.returncode, result.stderr) == (0, "True True\n")

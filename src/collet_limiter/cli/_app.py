@@ -14,7 +14,7 @@ import click
 
 from collet_limiter import Config, ModelKey, __version__, load_agent_chain, load_config
 
-from ._main import EXIT_CONFIG, EXIT_PROBLEMS, EXIT_TIMEOUT, setup_logging
+from ._main import EXIT_CONFIG, EXIT_PROBLEMS, EXIT_TIMEOUT, imports_done, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -220,6 +220,8 @@ def cli(ctx: click.Context) -> None:
     Exit statuses: 0 ok, 1 problems found, 2 usage, 3 config, 4 database, 75 run timeout;
     run otherwise exits with its command's status.
     """
+    if ctx.invoked_subcommand != "run":  # run turns it back on after its own imports
+        imports_done()
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
 
@@ -291,6 +293,7 @@ def run(
     from ._run import RunRequest, default_holder
     from ._run import run as run_command
 
+    imports_done()
     found = settings(ctx)
     request = RunRequest(
         primary=model,

@@ -6,6 +6,7 @@ click runs in non-standalone mode so that its usage errors, which it would print
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -33,6 +34,8 @@ EXIT_NOT_FOUND: Final = 127  # run: the command was not found
 EXIT_SIGNAL_BASE: Final = 128  # 128+N: the command died of signal N, or run was stopped by it
 
 _handler: logging.Handler | None = None
+# Whether ``cli.main`` turned the garbage collector off for the imports (``imports_done``).
+gc_paused = False
 
 
 class _Formatter(logging.Formatter):
@@ -52,6 +55,19 @@ def setup_logging(verbose: int, *, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)]
     logger.setLevel(logging.DEBUG if verbose >= 2 and not quiet else level)
     logger.propagate = False
+
+
+def imports_done() -> None:
+    """Collect garbage again, now that the command's imports are done (see ``cli.main``).
+
+    The objects the imports made move to the permanent generation, so later collections of a
+    long-running command (``run`` holding a permit for hours, ``watch``) skip them.
+    """
+    global gc_paused  # noqa: PLW0603 - once per process
+    if gc_paused:
+        gc_paused = False
+        gc.freeze()
+        gc.enable()
 
 
 def error(message: str) -> None:
