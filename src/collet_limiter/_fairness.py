@@ -125,17 +125,20 @@ def admissible(
     limits: Mapping[K, int],
     held: Mapping[K, int],
     cap: int,
+    *,
+    held_total: int | None = None,
 ) -> list[int]:
     """The tickets a claim would grant right now, in queue order: the ones worth waking.
 
     The same rule as ``Snapshot``, for every waiter in one pass: a waiter is admissible when its
     model's free slots exceed the waiters of that model ahead of it, and the free global slots
     exceed the earlier waiters whose own model had room. Models are keyed by ``ModelKey`` or by
-    anything else that names them alike in the three arguments.
+    anything else that names them alike in the three arguments. ``held_total`` is every lease
+    held, when ``held`` lists only the models waited for (default: the sum of ``held``).
     """
     ahead: dict[K, int] = {}
     with_room = 0
-    global_free = cap - sum(held.values())
+    global_free = cap - (sum(held.values()) if held_total is None else held_total)
     out = []
     for ticket, key in sorted(queue):
         if key not in limits:

@@ -527,6 +527,42 @@ _DELETE_GRANTED: Final = Prepared(
 )
 
 
+def _grant_queue() -> Select[Any]:
+    """SQL: the queue in order, each waiter with its model's row and leases, the leases of
+    every model, and the global cap: all the fairness rule reads, in one statement.
+
+    A waiter whose model has no row gets NULLs there (the rule passes it over, as before);
+    the leases of models nobody waits for only count against the cap.
+    """
+    w, m, lease = s.waiters.c, s.models.c, s.leases.c
+    same_model = (m.provider == w.provider) & (m.model == w.model)
+    model_columns = [c for c in s.models.c if c.name not in ("provider", "model")]
+    return (
+        select(
+            w.id,
+            w.provider,
+            w.model,
+            w.wake_addr,
+            w.lease_token,
+            *model_columns,
+            select(func.count())
+            .where((lease.provider == w.provider) & (lease.model == w.model))
+            .scalar_subquery()
+            .label("held_here"),
+            select(func.count()).select_from(s.leases).scalar_subquery().label("held_all"),
+            select(s.meta.c.value)
+            .where(s.meta.c.key == s.META_MAX_AGENTS)
+            .scalar_subquery()
+            .label("cap"),
+        )
+        .select_from(s.waiters.outerjoin(s.models, same_model))
+        .order_by(w.id)
+    )
+
+
+_GRANT_QUEUE: Final = Prepared(_grant_queue())
+
+
 def grant_waiting(
     conn: Connection,
     now: float,
@@ -553,17 +589,28 @@ def grant_waiting(
         cursor.close()
     if not anyone_waiting:  # the usual case, answered by the driver alone
         return []
-    waiting, models, held, cap = batch(
-        conn, [(_WAITERS, None), (_SELECT_MODELS, None), (_HELD, None), (_SELECT_META, _CAP_KEY)]
-    )
+    waiting = _GRANT_QUEUE.rows(conn)
+    if not waiting:
+        return []
     # Keyed by (provider, model) tuples, which hash in C: a ModelKey's hash is a Python call,
     # and the rule looks keys up a few times per waiter.
-    limits = limits_at(_models_from(models), now).limits
+    rows: dict[ModelKey, ModelRow] = {}
+    held: dict[tuple[str, str], int] = {}
+    for row in waiting:
+        pair = (row.provider, row.model)
+        if pair not in held:
+            held[pair] = row.held_here
+            if row.concurrency_limit is not None:  # else it has no models row
+                model = _model_row(row)
+                rows[model.key] = model
+    limits = limits_at(rows, now).limits
+    first = waiting[0]
     tickets = admissible(
         [(row.id, (row.provider, row.model)) for row in waiting],
         {(key.provider, key.model): limit for key, limit in limits.items()},
-        {(provider, model): count for provider, model, count in held},
-        _cap_from(cap),
+        held,
+        DEFAULT_MAX_AGENTS if first.cap is None else int(first.cap),
+        held_total=first.held_all,
     )
     by_id = {row.id: row for row in waiting}
     tickets = [t for t in tickets if t != skip]
