@@ -174,8 +174,8 @@ _FAST_HEAD: Final[Insert] = _conditional_insert(
 )
 # The same, returning the new lease's id; by whether the request holds the head's ticket.
 _FAST_RETURNING: Final = {
-    False: Prepared(_FAST_FRESH.returning(s.leases.c.id)),
-    True: Prepared(_FAST_HEAD.returning(s.leases.c.id)),
+    False: Prepared(_FAST_FRESH.returning(s.leases.c.id), "claim.fast_returning.false"),
+    True: Prepared(_FAST_HEAD.returning(s.leases.c.id), "claim.fast_returning.true"),
 }
 _LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
 
@@ -204,8 +204,10 @@ def _model_queue() -> Any:
     )
 
 
-_MODEL_QUEUE: Final = Prepared(_model_queue())
-_DELETE_TICKET: Final = Prepared(delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id")))
+_MODEL_QUEUE: Final = Prepared(_model_queue(), "claim.model_queue")
+_DELETE_TICKET: Final = Prepared(
+    delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id")), "claim.delete_ticket"
+)
 _INSERT_LEASE: Final = insert(s.leases)
 _TICKET_COLUMNS: Final = (
     "token", "provider", "model", "holder", "pid", "pid_start", "host_id", "hostname", "owner",
@@ -213,8 +215,10 @@ _TICKET_COLUMNS: Final = (
     "requested_ts",
 )  # fmt: skip
 _INSERT_TICKET: Final = insert(s.waiters).values({c: bindparam(c) for c in _TICKET_COLUMNS})
-_ENQUEUE: Final = Prepared(_INSERT_TICKET)
-_ENQUEUE_RETURNING: Final = Prepared(_INSERT_TICKET.returning(s.waiters.c.id))
+_ENQUEUE: Final = Prepared(_INSERT_TICKET, "claim.enqueue")
+_ENQUEUE_RETURNING: Final = Prepared(
+    _INSERT_TICKET.returning(s.waiters.c.id), "claim.enqueue_returning"
+)
 
 
 def _lease_values(request: ClaimRequest, key: ModelKey, via: Via, now: float) -> dict[str, Any]:

@@ -110,9 +110,11 @@ def _ended(table: Table, kind: str, *, held: bool) -> list[ColumnElement[Any]]:
     ]
 
 
-def _copy(table: Table, kind: str, where: ColumnElement[bool], *, held: bool = True) -> Prepared:
+def _copy(
+    table: Table, kind: str, where: ColumnElement[bool], name: str, *, held: bool = True
+) -> Prepared:
     values = select(*_ended(table, kind, held=held and table is s.leases)).where(where)
-    return Prepared(insert(s.events).from_select(list(_EVENT_COLUMNS), values))
+    return Prepared(insert(s.events).from_select(list(_EVENT_COLUMNS), values), name)
 
 
 _BY_ID: Final = {
@@ -122,13 +124,22 @@ _BY_ID: Final = {
 _BY_TOKEN: Final = {t: t.c.token == bindparam("row_token") for t in (s.leases, s.waiters)}
 _BY_OWNER: Final = {t: t.c.owner == bindparam("row_owner") for t in (s.leases, s.waiters)}
 
-_LEASE_BY_ID: Final = _copy(s.leases, "", _BY_ID[s.leases])
-_TICKET_BY_ID: Final = _copy(s.waiters, "", _BY_ID[s.waiters])
-_DISCARDED_LEASE: Final = _copy(s.leases, "discarded", _BY_TOKEN[s.leases])
-_GAVE_UP: Final = {t: _copy(t, "", _BY_TOKEN[t], held=False) for t in (s.waiters, s.leases)}
-_CLOSED_LEASES: Final = _copy(s.leases, "released", _BY_OWNER[s.leases])
-_CLOSED_TICKETS: Final = _copy(s.waiters, "cancelled", _BY_OWNER[s.waiters])
-_INSERT: Final = Prepared(insert(s.events).values({c: bindparam(c) for c in _EVENT_COLUMNS}))
+_LEASE_BY_ID: Final = _copy(s.leases, "", _BY_ID[s.leases], "events.lease_by_id")
+_TICKET_BY_ID: Final = _copy(s.waiters, "", _BY_ID[s.waiters], "events.ticket_by_id")
+_DISCARDED_LEASE: Final = _copy(
+    s.leases, "discarded", _BY_TOKEN[s.leases], "events.discarded_lease"
+)
+_GAVE_UP: Final = {
+    t: _copy(t, "", _BY_TOKEN[t], f"events.gave_up.{t.name}", held=False)
+    for t in (s.waiters, s.leases)
+}
+_CLOSED_LEASES: Final = _copy(s.leases, "released", _BY_OWNER[s.leases], "events.closed_leases")
+_CLOSED_TICKETS: Final = _copy(
+    s.waiters, "cancelled", _BY_OWNER[s.waiters], "events.closed_tickets"
+)
+_INSERT: Final = Prepared(
+    insert(s.events).values({c: bindparam(c) for c in _EVENT_COLUMNS}), "events.insert"
+)
 
 
 def _times(now: float) -> dict[str, Any]:
@@ -216,12 +227,14 @@ def record(conn: Connection, kind: str, now: float, **fields: Any) -> None:
 # neither). Times follow ids but not strictly (a cooldown_ended is stamped with the past),
 # so a prune stops at the first row young enough to keep: an old row after it waits its turn.
 _BATCH_END: Final = Prepared(
-    select(s.events.c.id).order_by(s.events.c.id).limit(1).offset(bindparam("skip"))
+    select(s.events.c.id).order_by(s.events.c.id).limit(1).offset(bindparam("skip")),
+    "events.batch_end",
 )
 _FIRST_KEPT: Final = Prepared(
     select(func.min(s.events.c.id)).where(
         (s.events.c.id < bindparam("bound")) & (s.events.c.ts >= bindparam("cutoff"))
-    )
+    ),
+    "events.first_kept",
 )
 _KEY_COLUMNS: Final = ("kind", "provider", "model", "via")
 
@@ -237,9 +250,11 @@ def _key(column: str) -> ColumnElement[Any]:
 _COUNTS: Final = select(*(_key(c).label(c) for c in _KEY_COLUMNS), func.count()).group_by(
     *(_key(c) for c in _KEY_COLUMNS)
 )
-_ALL_COUNTS: Final = Prepared(_COUNTS)
-_AGED: Final = Prepared(_COUNTS.where(s.events.c.id < bindparam("stop")))
-_DELETE_AGED: Final = Prepared(delete(s.events).where(s.events.c.id < bindparam("stop")))
+_ALL_COUNTS: Final = Prepared(_COUNTS, "events.all_counts")
+_AGED: Final = Prepared(_COUNTS.where(s.events.c.id < bindparam("stop")), "events.aged")
+_DELETE_AGED: Final = Prepared(
+    delete(s.events).where(s.events.c.id < bindparam("stop")), "events.delete_aged"
+)
 _COUNT_KEY: Final = (
     (s.event_counts.c.kind == bindparam("k_kind"))
     & (s.event_counts.c.provider == bindparam("k_provider"))
@@ -249,7 +264,8 @@ _COUNT_KEY: Final = (
 _ADD_COUNT: Final = Prepared(
     update(s.event_counts)
     .where(_COUNT_KEY)
-    .values(count=s.event_counts.c.count + bindparam("k_count"))
+    .values(count=s.event_counts.c.count + bindparam("k_count")),
+    "events.add_count",
 )
 _NEW_COUNT: Final = Prepared(
     insert(s.event_counts).values(
@@ -258,7 +274,8 @@ _NEW_COUNT: Final = Prepared(
         model=bindparam("k_model"),
         via=bindparam("k_via"),
         count=bindparam("k_count"),
-    )
+    ),
+    "events.new_count",
 )
 
 

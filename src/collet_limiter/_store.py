@@ -44,33 +44,41 @@ def utc_datetime(ts: float) -> datetime:
 
 # Statements are built once: SQLAlchemy then computes each one's cache key once, which makes an
 # execution about three times cheaper than building the statement on every call.
-_SELECT_MODELS: Final = Prepared(select(s.models))
-_SELECT_META: Final = Prepared(select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key")))
+_SELECT_MODELS: Final = Prepared(select(s.models), "store.select_models")
+_SELECT_META: Final = Prepared(
+    select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key")), "store.select_meta"
+)
 _HELD: Final = Prepared(
     select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
         s.leases.c.provider, s.leases.c.model
-    )
+    ),
+    "store.held",
 )
 _WAITING_SELECT: Final = select(s.waiters.c.provider, s.waiters.c.model, func.count()).group_by(
     s.waiters.c.provider, s.waiters.c.model
 )
-_WAITING: Final = Prepared(_WAITING_SELECT)
-_AHEAD: Final = Prepared(_WAITING_SELECT.where(s.waiters.c.id < bindparam("ticket_id")))
+_WAITING: Final = Prepared(_WAITING_SELECT, "store.waiting")
+_AHEAD: Final = Prepared(
+    _WAITING_SELECT.where(s.waiters.c.id < bindparam("ticket_id")), "store.ahead"
+)
 _TICKET_EXISTS: Final = Prepared(
     select(func.count()).where(
         (s.waiters.c.id == bindparam("ticket_id"))
         & (s.waiters.c.token == bindparam("ticket_token"))
-    )
+    ),
+    "store.ticket_exists",
 )
 _INSERT_MODELS: Final = insert(s.models)
 _INSERT_LEASE: Final = insert(s.leases)
 _RELEASE_STATEMENT: Final = delete(s.leases).where(
     (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
 )
-_RELEASE: Final = Prepared(_RELEASE_STATEMENT)
+_RELEASE: Final = Prepared(_RELEASE_STATEMENT, "store.release")
 # The same, saying in the same statement (round trip, on a server) whether anyone waits.
-_RELEASE_RETURNING: Final = Prepared(_RELEASE_STATEMENT.returning(select(s.waiters.c.id).exists()))
-_ANY_WAITER: Final = Prepared(select(s.waiters.c.id).limit(1))
+_RELEASE_RETURNING: Final = Prepared(
+    _RELEASE_STATEMENT.returning(select(s.waiters.c.id).exists()), "store.release_returning"
+)
+_ANY_WAITER: Final = Prepared(select(s.waiters.c.id).limit(1), "store.any_waiter")
 
 
 def _reapable(table: Table) -> Select[Any]:
@@ -88,8 +96,8 @@ def _reapable(table: Table) -> Select[Any]:
 
 
 _REAPABLE: Final = {
-    "lease": Prepared(_reapable(s.leases)),
-    "ticket": Prepared(_reapable(s.waiters)),
+    "lease": Prepared(_reapable(s.leases), "store.reapable.lease"),
+    "ticket": Prepared(_reapable(s.waiters), "store.reapable.ticket"),
 }
 
 
@@ -474,7 +482,8 @@ def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
 
 
 _TICKET_BY_TOKEN: Final = Prepared(
-    select(s.waiters.c.id).where(s.waiters.c.token == bindparam("ticket_token"))
+    select(s.waiters.c.id).where(s.waiters.c.token == bindparam("ticket_token")),
+    "store.ticket_by_token",
 )
 
 
@@ -495,10 +504,12 @@ _WAITERS: Final = Prepared(
         s.waiters.c.pid_start,
         s.waiters.c.host_id,
         s.waiters.c.expires_ts,
-    ).order_by(s.waiters.c.id)
+    ).order_by(s.waiters.c.id),
+    "store.waiters",
 )
 _HOLDERS: Final = Prepared(
-    select(s.leases.c.pid, s.leases.c.pid_start, s.leases.c.host_id, s.leases.c.expires_ts)
+    select(s.leases.c.pid, s.leases.c.pid_start, s.leases.c.host_id, s.leases.c.expires_ts),
+    "store.holders",
 )
 
 
@@ -520,10 +531,12 @@ _GRANT_LEASE: Final = Prepared(
             bindparam("granted_ts"), s.waiters.c.expires_ts,
             func.coalesce(s.waiters.c.requested_ts, s.waiters.c.enqueued_ts),
         ).where(s.waiters.c.id == bindparam("granted_id")),
-    )
+    ),
+    "store.grant_lease",
 )  # fmt: skip
 _DELETE_GRANTED: Final = Prepared(
-    delete(s.waiters).where(s.waiters.c.id == bindparam("granted_id"))
+    delete(s.waiters).where(s.waiters.c.id == bindparam("granted_id")),
+    "store.delete_granted",
 )
 
 
@@ -560,7 +573,7 @@ def _grant_queue() -> Select[Any]:
     )
 
 
-_GRANT_QUEUE: Final = Prepared(_grant_queue())
+_GRANT_QUEUE: Final = Prepared(_grant_queue(), "store.grant_queue")
 
 
 def grant_waiting(
@@ -629,10 +642,14 @@ def grant_waiting(
 
 
 # A waiter's wake-up on PostgreSQL: its limiter's channel, its ticket as the payload.
-_NOTIFY: Final = Prepared(select(func.pg_notify(bindparam("channel"), bindparam("payload"))))
+_NOTIFY: Final = Prepared(
+    select(func.pg_notify(bindparam("channel"), bindparam("payload"))), "store.notify"
+)
 
 
-_LEASE_BY_TOKEN: Final = Prepared(select(s.leases).where(s.leases.c.token == bindparam("token")))
+_LEASE_BY_TOKEN: Final = Prepared(
+    select(s.leases).where(s.leases.c.token == bindparam("token")), "store.lease_by_token"
+)
 
 
 def lease_by_token(conn: Connection, token: str) -> LeaseRecord | None:
@@ -793,10 +810,12 @@ def release(
 
 
 _DISCARD_LEASE: Final = Prepared(
-    delete(s.leases).where(s.leases.c.token == bindparam("lease_token"))
+    delete(s.leases).where(s.leases.c.token == bindparam("lease_token")),
+    "store.discard_lease",
 )
 _DISCARD_TICKET: Final = Prepared(
-    delete(s.waiters).where(s.waiters.c.token == bindparam("ticket_token"))
+    delete(s.waiters).where(s.waiters.c.token == bindparam("ticket_token")),
+    "store.discard_ticket",
 )
 
 
@@ -806,14 +825,24 @@ def discard(conn: Connection, *, lease_token: str, ticket_token: str) -> None:
     _DISCARD_TICKET.execute(conn, {"ticket_token": ticket_token}).close()
 
 
+_DELETE_OWNED: Final = tuple(
+    Prepared(delete(table).where(table.c.owner == bindparam("owner")), f"store.delete_owned.{name}")
+    for table, name in ((s.leases, "leases"), (s.waiters, "tickets"))
+)
+
+
 def release_owner(conn: Connection, owner: str, now: float, *, history: bool) -> tuple[int, int]:
     """Delete every lease and ticket of one Limiter instance; returns (leases, tickets).
 
     With ``history`` its leases are recorded as released, its tickets as cancelled."""
     if history:
         _events.closed(conn, now, owner)
-    leases = conn.execute(delete(s.leases).where(s.leases.c.owner == owner)).rowcount
-    tickets = conn.execute(delete(s.waiters).where(s.waiters.c.owner == owner)).rowcount
+    counts = []
+    for statement in _DELETE_OWNED:
+        cursor = statement.execute(conn, {"owner": owner})
+        counts.append(cursor.rowcount)
+        cursor.close()
+    leases, tickets = counts
     return leases, tickets
 
 
@@ -878,7 +907,8 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
 _HOLDERS_OF: Final = Prepared(
     select(func.count()).where(
         (s.leases.c.provider == bindparam("provider")) & (s.leases.c.model == bindparam("model"))
-    )
+    ),
+    "store.holders_of",
 )
 
 

@@ -1,0 +1,103 @@
+"""The stored SQLite text of the hot path's statements (``_sqltext``): what the Core constructs
+compile to, taken by a limiter's own dialect, so a new process compiles none of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+from collet_limiter import Limiter, _sqltext
+from collet_limiter._engine import PREPARED, Prepared
+from collet_limiter._sqlgen import generate
+
+from .conftest import make_config
+
+
+def _form(entry: object) -> tuple[object, ...]:
+    """A compiled statement without its parameter getter (a function, compared by identity)."""
+    return (entry.sql, entry.defaults, entry.names, entry.positional)  # type: ignore[attr-defined]
+
+
+def test_the_stored_text_is_what_the_core_statements_compile_to_now() -> None:
+    stored = Path(_sqltext.__file__).read_text(encoding="utf-8")
+    assert generate() == stored, "out of date: run python -m collet_limiter._sqlgen"
+
+
+def test_a_limiters_dialect_takes_the_stored_text_which_is_its_own_compilation(db: Path) -> None:
+    with Limiter(db) as limiter:
+        limiter.acquire("x/y").release()
+        dialect = limiter._runtime.engine.dialect
+        assert len(PREPARED) >= 40
+        for name, prepared in PREPARED.items():
+            stored = prepared._generated(dialect)
+            assert stored is not None, name
+            assert _form(stored) == _form(prepared.compiled_by(dialect)), name
+
+
+def test_a_dialect_that_compiles_otherwise_compiles_the_statements_itself() -> None:
+    dialect = SQLiteDialect_pysqlite(paramstyle="named")  # text with :names, not ?
+    prepared = PREPARED["store.release"]
+    assert prepared._generated(dialect) is None
+    assert ":lease_id" in prepared.compiled_by(dialect).sql
+    unnamed = Prepared(prepared.statement)  # a statement without a name is never looked up
+    assert unnamed._generated(SQLiteDialect_pysqlite()) is None
+
+
+# A new process opens two limiters on a file that exists, then counts the statements SQLAlchemy
+# compiles while one acquires uncontended, releases, queues behind the other, is granted by its
+# release and releases again.
+_COUNT_COMPILES = textwrap.dedent(
+    """
+    import json, sys, threading
+    from sqlalchemy.sql import compiler
+    from collet_limiter import Config, Limiter
+
+    config = Config.model_validate(
+        {"models": [{"name": "m", "concurrency_limit": 1}],
+         "providers": [{"name": "p", "models": ["m"]}]}
+    )
+    first, second = Limiter(sys.argv[1], config=config), Limiter(sys.argv[1], config=config)
+    compiled = []
+    original = compiler.Compiled.__init__
+
+    def counting(self, dialect, statement, *args, **kwargs):
+        compiled.append(type(statement).__name__)
+        original(self, dialect, statement, *args, **kwargs)
+
+    compiler.Compiled.__init__ = counting
+    first.acquire("p/m").release()
+    held = second.acquire("p/m")
+    queued = threading.Thread(target=lambda: first.acquire_wait("p/m").release())
+    queued.start()
+    while not first._runtime.waiters:  # registered: its ticket is in the queue
+        queued.join(0.01)
+    held.release()
+    queued.join()
+    compiler.Compiled.__init__ = original
+    first.close()
+    second.close()
+    print(json.dumps(compiled))
+    """
+)
+
+
+def test_a_new_process_compiles_no_statement_to_acquire_queue_and_release(db: Path) -> None:
+    config = make_config(
+        models=[{"name": "m", "concurrency_limit": 1}], providers=[{"name": "p", "models": ["m"]}]
+    )
+    with Limiter(db, config=config) as limiter:  # the file, its schema and the model's row
+        limiter.acquire("p/m").release()
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_COMPILES, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
