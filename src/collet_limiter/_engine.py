@@ -396,7 +396,8 @@ class Prepared:
     then taken from ``_sqltext`` (what ``python -m collet_limiter._sqlgen`` wrote, compiling
     the same constructs with the same dialect) whenever the connection's dialect compiles
     exactly as the one that wrote it (``dialect_fingerprint``), and compiled here otherwise.
-    Compiling costs 1-3 ms a statement, about 20 ms of CPU in a new process's first acquire.
+    Compiling costs about 0.5-3 ms a statement: a new process's first uncontended cycle took
+    6 ms of CPU, most of it compiling, against 0.45 ms for the next (1.75 ms with the text).
     """
 
     __slots__ = ("_compiled", "_row_types", "name", "statement")
