@@ -44,13 +44,15 @@ def test_a_dialect_that_compiles_otherwise_compiles_the_statements_itself() -> N
     prepared = PREPARED["store.release"]
     assert prepared._generated(dialect) is None
     assert ":lease_id" in prepared.compiled_by(dialect).sql
-    unnamed = Prepared(prepared.statement)  # a statement without a name is never looked up
-    assert unnamed._generated(SQLiteDialect_pysqlite()) is None
+    # A statement of its own, even under a stored statement's name, is never looked up.
+    own = Prepared(prepared.name, prepared.statement)
+    assert own._generated(SQLiteDialect_pysqlite()) is None
 
 
 # A new process opens two limiters on a file that exists, then counts the statements SQLAlchemy
 # compiles while one acquires uncontended, releases, queues behind the other, is granted by its
-# release and releases again.
+# release and releases again; and says whether the Core constructs (``_statements``, the
+# tables) were built at all.
 _COUNT_COMPILES = textwrap.dedent(
     """
     import json, sys, threading
@@ -81,12 +83,16 @@ _COUNT_COMPILES = textwrap.dedent(
     compiler.Compiled.__init__ = original
     first.close()
     second.close()
-    print(json.dumps(compiled))
+    import collet_limiter._schema as schema
+    built = "collet_limiter._statements" in sys.modules or "leases" in vars(schema)
+    print(json.dumps({"compiled": compiled, "built": built}))
     """
 )
 
 
-def test_a_new_process_compiles_no_statement_to_acquire_queue_and_release(db: Path) -> None:
+def test_a_new_process_builds_and_compiles_no_statement_to_acquire_queue_and_release(
+    db: Path,
+) -> None:
     config = make_config(
         models=[{"name": "m", "concurrency_limit": 1}], providers=[{"name": "p", "models": ["m"]}]
     )
@@ -100,4 +106,4 @@ def test_a_new_process_compiles_no_statement_to_acquire_queue_and_release(db: Pa
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    assert json.loads(done.stdout.splitlines()[-1]) == {"compiled": [], "built": False}

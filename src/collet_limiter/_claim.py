@@ -15,10 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Integer, and_, bindparam, cast, delete, exists, func, insert, select
-
 from . import _events
-from . import _schema as s
 from ._cooldown import cooling, effective_limit
 from ._engine import Prepared, batch
 from ._fairness import Snapshot, ahead_of_each
@@ -55,7 +52,6 @@ from ._store import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from sqlalchemy import Insert
     from sqlalchemy.engine import Connection
 
     from ._fallback import ModelRow
@@ -108,117 +104,15 @@ class ClaimResult:
 
 # --- the one-statement paths -------------------------------------------------------------------
 
-_LEASE_COLUMNS: Final = (
-    "token", "provider", "model", "primary_provider", "primary_model", "via", "holder", "pid",
-    "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at", "acquired_ts",
-    "expires_ts", "requested_ts",
-)  # fmt: skip
-
-
-def _count(table: Any, *where: Any) -> Any:
-    return select(func.count()).select_from(table).where(*where).scalar_subquery()
-
-
-def _room_ahead_of(ticket: Any) -> Any:
-    """SQL: room for the request even if every waiter queued before it were served first.
-
-    ``ticket`` bounds the waiters ahead (all of them for a fresh request). Counting every
-    waiter ahead against the global cap, rather than only those whose model has room, is
-    stricter than the fairness rule, so whatever this admits the rule admits too; what it
-    refuses goes on to the general path, which applies the rule exactly.
-    """
-    provider: Any = bindparam("v_provider")
-    model: Any = bindparam("v_model")
-    lease_on = (s.leases.c.provider == provider) & (s.leases.c.model == model)
-    ahead = s.waiters.c.id < ticket
-    ahead_on = ahead & (s.waiters.c.provider == provider) & (s.waiters.c.model == model)
-    # Only a model that learned nothing takes this path: one with a cooldown (ongoing, or
-    # ended and not yet recorded as ended), or with an adaptive limit, has no limit here (NULL),
-    # and goes on to the general path, which applies _cooldown and forgets what is over.
-    limit = (
-        select(s.models.c.concurrency_limit)
-        .where(
-            (s.models.c.provider == provider)
-            & (s.models.c.model == model)
-            & s.models.c.effective_limit.is_(None)
-            & s.models.c.cooldown_until_ts.is_(None)
-        )
-        .scalar_subquery()
-    )
-    cap = (
-        select(cast(s.meta.c.value, Integer))
-        .where(s.meta.c.key == s.META_MAX_AGENTS)
-        .scalar_subquery()
-    )
-    return and_(  # a missing models row makes this NULL: no
-        _count(s.leases, lease_on) + _count(s.waiters, ahead_on) < limit,
-        _count(s.leases) + _count(s.waiters, ahead) < cap,
-    )
-
-
-def _conditional_insert(*conditions: Any) -> Insert:
-    values: Any = select(*(bindparam(f"v_{name}") for name in _LEASE_COLUMNS)).where(*conditions)
-    return insert(s.leases).from_select(list(_LEASE_COLUMNS), values)
-
-
-# A fresh request is behind every waiter (no ticket can exceed this); a queued one is behind the
-# waiters with smaller tickets, and must still hold its own (not reaped while it stalled).
-_EVERYONE: Final = 2**62
-_FAST_FRESH: Final[Insert] = _conditional_insert(_room_ahead_of(_EVERYONE))
-_FAST_HEAD: Final[Insert] = _conditional_insert(
-    _room_ahead_of(bindparam("ticket_id")),
-    exists().where(
-        (s.waiters.c.id == bindparam("ticket_id"))
-        & (s.waiters.c.token == bindparam("ticket_token"))
-    ),
-)
-# The same, returning the new lease's id; by whether the request holds the head's ticket.
+# The one-statement attempts, by whether the request holds the head's ticket, returning the new
+# lease's id (``_statements.FAST`` holds them, and the forms without RETURNING).
 _FAST_RETURNING: Final = {
-    False: Prepared(_FAST_FRESH.returning(s.leases.c.id), "claim.fast_returning.false"),
-    True: Prepared(_FAST_HEAD.returning(s.leases.c.id), "claim.fast_returning.true"),
+    head: Prepared(f"claim.fast_returning.{str(head).lower()}") for head in (False, True)
 }
-_LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
-
-
-def _model_queue() -> Any:
-    """SQL: a model's configured limit, its leases and its waiters, if it learned nothing.
-
-    For a fresh request that waits for its primary only: when that model's leases and waiters
-    already fill its limit, the fairness rule refuses the request whatever the global cap says
-    (it stands behind every waiter), so the claim can queue it without reading the rest of
-    the database. A model with a cooldown or an adaptive limit has no row here, as in
-    ``_room_ahead_of``: the general path applies what it learned.
-    """
-    provider: Any = bindparam("provider")
-    model: Any = bindparam("model")
-    m = s.models.c
-    return select(
-        m.concurrency_limit,
-        _count(s.leases, (s.leases.c.provider == provider) & (s.leases.c.model == model)),
-        _count(s.waiters, (s.waiters.c.provider == provider) & (s.waiters.c.model == model)),
-    ).where(
-        (m.provider == provider)
-        & (m.model == model)
-        & m.effective_limit.is_(None)
-        & m.cooldown_until_ts.is_(None)
-    )
-
-
-_MODEL_QUEUE: Final = Prepared(_model_queue(), "claim.model_queue")
-_DELETE_TICKET: Final = Prepared(
-    delete(s.waiters).where(s.waiters.c.id == bindparam("ticket_id")), "claim.delete_ticket"
-)
-_INSERT_LEASE: Final = insert(s.leases)
-_TICKET_COLUMNS: Final = (
-    "token", "provider", "model", "holder", "pid", "pid_start", "host_id", "hostname", "owner",
-    "enqueued_at", "expires_at", "enqueued_ts", "expires_ts", "wake_addr", "lease_token",
-    "requested_ts",
-)  # fmt: skip
-_INSERT_TICKET: Final = insert(s.waiters).values({c: bindparam(c) for c in _TICKET_COLUMNS})
-_ENQUEUE: Final = Prepared(_INSERT_TICKET, "claim.enqueue")
-_ENQUEUE_RETURNING: Final = Prepared(
-    _INSERT_TICKET.returning(s.waiters.c.id), "claim.enqueue_returning"
-)
+_MODEL_QUEUE: Final = Prepared("claim.model_queue")
+_DELETE_TICKET: Final = Prepared("claim.delete_ticket")
+_ENQUEUE: Final = Prepared("claim.enqueue")
+_ENQUEUE_RETURNING: Final = Prepared("claim.enqueue_returning")
 
 
 def _lease_values(request: ClaimRequest, key: ModelKey, via: Via, now: float) -> dict[str, Any]:
@@ -285,16 +179,17 @@ def _fast_granted(
 
 def _try_fast(conn: Connection, request: ClaimRequest, now: float) -> LeaseRecord | None:
     values, params, head = _fast(request, now)
-    statement, returning = _FAST_HEAD if head else _FAST_FRESH, _FAST_RETURNING[head]
     if conn.dialect.insert_returning:  # SQLite >= 3.35, PostgreSQL: the id in the same statement
-        inserted = returning.scalar(conn, params)
+        inserted = _FAST_RETURNING[head].scalar(conn, params)
         if inserted is None:
             return None
         lease_id = int(inserted)
     else:
-        if not conn.execute(statement, params).rowcount:
+        from . import _statements as q
+
+        if not conn.execute(q.FAST[head], params).rowcount:
             return None
-        lease_id = conn.execute(_LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
+        lease_id = conn.execute(q.LEASE_ID_BY_TOKEN, {"token": request.token}).scalar_one()
     return _fast_granted(conn, request, values, lease_id)
 
 
@@ -449,8 +344,10 @@ def claim(
 
     result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued, at=now)
     if granted is not None:
+        from ._statements import INSERT_LEASE
+
         values = _lease_values(request, granted.candidate.key, granted.candidate.via, now)
-        lease_id = conn.execute(_INSERT_LEASE, values).inserted_primary_key
+        lease_id = conn.execute(INSERT_LEASE, values).inserted_primary_key
         assert lease_id is not None
         result.lease = lease = _record(values, int(lease_id[0]))
         if ticket is not None:

@@ -387,29 +387,40 @@ class Prepared:
     """A Core statement compiled once per dialect, executed on the driver's cursor.
 
     For the few statements on the hot path of every acquire and release. The SQL is still the
-    Core construct's, compiled by the connection's own dialect; only SQLAlchemy's per-execution
-    machinery (events, result objects, building each execution's parameters), which costs more
-    than the statement itself, is skipped. Use it for statements with plain scalar parameters
-    and results read by position.
+    Core construct's (``_statements.STATEMENTS[name]``, built when first needed), compiled by
+    the connection's own dialect; only SQLAlchemy's per-execution machinery (events, result
+    objects, building each execution's parameters), which costs more than the statement itself,
+    is skipped. Use it for statements with plain scalar parameters and results read by position.
 
-    A statement given a ``name`` is registered in ``PREPARED``; on SQLite its compiled form is
-    then taken from ``_sqltext`` (what ``python -m collet_limiter._sqlgen`` wrote, compiling
-    the same constructs with the same dialect) whenever the connection's dialect compiles
-    exactly as the one that wrote it (``dialect_fingerprint``), and compiled here otherwise.
-    Compiling costs about 0.5-3 ms a statement: a new process's first uncontended cycle took
-    6 ms of CPU, most of it compiling, against 0.45 ms for the next (1.75 ms with the text).
+    Every statement is registered in ``PREPARED`` by name. On SQLite its compiled form is taken
+    from ``_sqltext`` (what ``python -m collet_limiter._sqlgen`` wrote, compiling the same
+    constructs with the same dialect) whenever the connection's dialect compiles exactly as the
+    one that wrote it (``dialect_fingerprint``), and compiled here otherwise. Compiling costs
+    about 0.5-3 ms a statement: a new process's first uncontended cycle took 6 ms of CPU, most
+    of it compiling, against 0.45 ms for the next (1.75 ms with the text).
     """
 
-    __slots__ = ("_compiled", "_row_types", "name", "statement")
+    __slots__ = ("_compiled", "_own", "_row_types", "name")
 
-    def __init__(self, statement: ClauseElement, name: str | None = None) -> None:
-        self.statement, self.name = statement, name
+    def __init__(self, name: str, statement: ClauseElement | None = None) -> None:
+        """``_statements.STATEMENTS[name]``; or ``statement`` itself, never registered nor
+        looked up in ``_sqltext`` (a statement built for one use, compiled where it runs)."""
+        self.name, self._own = name, statement
         self._compiled: dict[str, _Compiled] = {}
         self._row_types: dict[tuple[str, ...], Any] = {}  # named tuple types by columns
-        if name is not None:
+        if statement is None:
             if name in PREPARED:
                 raise ValueError(f"two prepared statements are named {name!r}")
             PREPARED[name] = self
+
+    @property
+    def statement(self) -> ClauseElement:
+        """The Core construct (importing ``_statements``, and so SQLAlchemy, if not yet)."""
+        if self._own is not None:
+            return self._own
+        from ._statements import STATEMENTS
+
+        return STATEMENTS[self.name]
 
     def _compile(self, dialect: Any) -> _Compiled:
         entry = self._generated(dialect) or self.compiled_by(dialect)
@@ -418,7 +429,7 @@ class Prepared:
 
     def _generated(self, dialect: Any) -> _Compiled | None:
         """The compiled form ``_sqltext`` holds for this statement, if it fits ``dialect``."""
-        if self.name is None or dialect.name != "sqlite":
+        if self._own is not None or dialect.name != "sqlite":
             return None
         from . import _sqltext  # only at SQLite's first use of each statement
 
@@ -512,7 +523,7 @@ def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ..
     return itemgetter(*names)
 
 
-# Every ``Prepared`` given a name, by name (``_sqlgen`` writes their SQLite text).
+# Every ``Prepared``, by name (``_sqlgen`` writes their SQLite text).
 PREPARED: Final[dict[str, Prepared]] = {}
 _FINGERPRINTS: Final[weakref.WeakKeyDictionary[Any, str]] = weakref.WeakKeyDictionary()
 

@@ -27,25 +27,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import (
-    Float,
-    Text,
-    bindparam,
-    delete,
-    func,
-    insert,
-    literal,
-    literal_column,
-    null,
-    select,
-    update,
-)
-
 from . import _schema as s
 from ._engine import Prepared
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement, Table
     from sqlalchemy.engine import Connection
 
     from ._store import LeaseRecord, Query
@@ -74,72 +59,14 @@ PRUNE_EVERY: Final = 1000
 # lock for milliseconds, not seconds; the next prunes take the rest.
 PRUNE_BATCH: Final = 5000
 
-_EVENT_COLUMNS: Final = tuple(c.name for c in s.events.columns if c.name != "id")
-
-
-def _ended(table: Table, kind: str, *, held: bool) -> list[ColumnElement[Any]]:
-    """The ``events`` values of a lease or ticket row at ``e_ts``: for a lease's end (``held``)
-    how long it waited for its grant and was held; else how long the request had waited."""
-    now: Any = bindparam("e_ts", type_=Float)
-    lease = table is s.leases
-    requested = func.coalesce(
-        table.c.requested_ts, table.c.acquired_ts if lease else table.c.enqueued_ts
-    )
-    return [
-        literal(kind) if kind else bindparam("e_kind"),
-        bindparam("e_at"),
-        now,
-        table.c.provider,
-        table.c.model,
-        table.c.primary_provider if lease else table.c.provider,
-        table.c.primary_model if lease else table.c.model,
-        table.c.via if lease else null(),
-        table.c.id if lease else null(),
-        null() if lease else table.c.id,
-        table.c.holder,
-        table.c.pid,
-        table.c.hostname,
-        table.c.acquired_ts if lease else null(),
-        ((table.c.acquired_ts if held else now) - requested) * 1000.0,
-        (now - table.c.acquired_ts) * 1000.0 if held else null(),
-        bindparam("e_reason", type_=Text),
-        null(),
-        null(),
-        null(),
-        null(),
-    ]
-
-
-def _copy(
-    table: Table, kind: str, where: ColumnElement[bool], name: str, *, held: bool = True
-) -> Prepared:
-    values = select(*_ended(table, kind, held=held and table is s.leases)).where(where)
-    return Prepared(insert(s.events).from_select(list(_EVENT_COLUMNS), values), name)
-
-
-_BY_ID: Final = {
-    t: (t.c.id == bindparam("row_id")) & (t.c.token == bindparam("row_token"))
-    for t in (s.leases, s.waiters)
-}
-_BY_TOKEN: Final = {t: t.c.token == bindparam("row_token") for t in (s.leases, s.waiters)}
-_BY_OWNER: Final = {t: t.c.owner == bindparam("row_owner") for t in (s.leases, s.waiters)}
-
-_LEASE_BY_ID: Final = _copy(s.leases, "", _BY_ID[s.leases], "events.lease_by_id")
-_TICKET_BY_ID: Final = _copy(s.waiters, "", _BY_ID[s.waiters], "events.ticket_by_id")
-_DISCARDED_LEASE: Final = _copy(
-    s.leases, "discarded", _BY_TOKEN[s.leases], "events.discarded_lease"
-)
-_GAVE_UP: Final = {
-    t: _copy(t, "", _BY_TOKEN[t], f"events.gave_up.{t.name}", held=False)
-    for t in (s.waiters, s.leases)
-}
-_CLOSED_LEASES: Final = _copy(s.leases, "released", _BY_OWNER[s.leases], "events.closed_leases")
-_CLOSED_TICKETS: Final = _copy(
-    s.waiters, "cancelled", _BY_OWNER[s.waiters], "events.closed_tickets"
-)
-_INSERT: Final = Prepared(
-    insert(s.events).values({c: bindparam(c) for c in _EVENT_COLUMNS}), "events.insert"
-)
+# The statements (``_statements`` holds their SQL).
+_LEASE_BY_ID: Final = Prepared("events.lease_by_id")
+_TICKET_BY_ID: Final = Prepared("events.ticket_by_id")
+_DISCARDED_LEASE: Final = Prepared("events.discarded_lease")
+_GAVE_UP: Final = {table: Prepared(f"events.gave_up.{table}") for table in ("waiters", "leases")}
+_CLOSED_LEASES: Final = Prepared("events.closed_leases")
+_CLOSED_TICKETS: Final = Prepared("events.closed_tickets")
+_INSERT: Final = Prepared("events.insert")
 
 
 def _times(now: float) -> dict[str, Any]:
@@ -179,7 +106,7 @@ def gave_up(
     times = {**_times(now), "e_kind": outcome, "e_reason": reason}
     ticket_token, lease_token = tokens
     written = 0
-    for table, token in ((s.waiters, ticket_token), (s.leases, lease_token)):
+    for table, token in (("waiters", ticket_token), ("leases", lease_token)):
         cursor = _GAVE_UP[table].execute(conn, times | {"row_token": token})
         written, _ = cursor.rowcount, cursor.close()
         if written:
@@ -214,7 +141,7 @@ def of_lease(lease: LeaseRecord) -> dict[str, Any]:
 
 def record(conn: Connection, kind: str, now: float, **fields: Any) -> None:
     """Write one event from values (``fields`` are ``events`` columns; the rest stay NULL)."""
-    row = dict.fromkeys(_EVENT_COLUMNS)
+    row = dict.fromkeys(s.EVENT_COLUMNS)
     row.update(fields, kind=kind, ts=now, at=_times(now)["e_at"])
     _INSERT.execute(conn, row).close()
 
@@ -226,57 +153,13 @@ def record(conn: Connection, kind: str, now: float, **fields: Any) -> None:
 # write (CPU per uncontended cycle, history on against off: 19 % more with both, 13 % with
 # neither). Times follow ids but not strictly (a cooldown_ended is stamped with the past),
 # so a prune stops at the first row young enough to keep: an old row after it waits its turn.
-_BATCH_END: Final = Prepared(
-    select(s.events.c.id).order_by(s.events.c.id).limit(1).offset(bindparam("skip")),
-    "events.batch_end",
-)
-_FIRST_KEPT: Final = Prepared(
-    select(func.min(s.events.c.id)).where(
-        (s.events.c.id < bindparam("bound")) & (s.events.c.ts >= bindparam("cutoff"))
-    ),
-    "events.first_kept",
-)
-_KEY_COLUMNS: Final = ("kind", "provider", "model", "via")
-
-
-def _key(column: str) -> ColumnElement[Any]:
-    return (
-        func.coalesce(s.events.c[column], literal_column("''"))
-        if column != "kind"
-        else s.events.c.kind
-    )
-
-
-_COUNTS: Final = select(*(_key(c).label(c) for c in _KEY_COLUMNS), func.count()).group_by(
-    *(_key(c) for c in _KEY_COLUMNS)
-)
-_ALL_COUNTS: Final = Prepared(_COUNTS, "events.all_counts")
-_AGED: Final = Prepared(_COUNTS.where(s.events.c.id < bindparam("stop")), "events.aged")
-_DELETE_AGED: Final = Prepared(
-    delete(s.events).where(s.events.c.id < bindparam("stop")), "events.delete_aged"
-)
-_COUNT_KEY: Final = (
-    (s.event_counts.c.kind == bindparam("k_kind"))
-    & (s.event_counts.c.provider == bindparam("k_provider"))
-    & (s.event_counts.c.model == bindparam("k_model"))
-    & (s.event_counts.c.via == bindparam("k_via"))
-)
-_ADD_COUNT: Final = Prepared(
-    update(s.event_counts)
-    .where(_COUNT_KEY)
-    .values(count=s.event_counts.c.count + bindparam("k_count")),
-    "events.add_count",
-)
-_NEW_COUNT: Final = Prepared(
-    insert(s.event_counts).values(
-        kind=bindparam("k_kind"),
-        provider=bindparam("k_provider"),
-        model=bindparam("k_model"),
-        via=bindparam("k_via"),
-        count=bindparam("k_count"),
-    ),
-    "events.new_count",
-)
+_BATCH_END: Final = Prepared("events.batch_end")
+_FIRST_KEPT: Final = Prepared("events.first_kept")
+_ALL_COUNTS: Final = Prepared("events.all_counts")
+_AGED: Final = Prepared("events.aged")
+_DELETE_AGED: Final = Prepared("events.delete_aged")
+_ADD_COUNT: Final = Prepared("events.add_count")
+_NEW_COUNT: Final = Prepared("events.new_count")
 
 
 def prune(conn: Connection, now: float, days: float) -> int:
@@ -310,8 +193,10 @@ def prune(conn: Connection, now: float, days: float) -> int:
 def counts(conn: Connection) -> list[tuple[str, str, str, str, int]]:
     """Every event ever written (kept or pruned) by kind, provider, model and via ('' for
     none): (kind, provider, model, via, count), for counters that never go down."""
+    from ._statements import PRUNED_COUNTS
+
     kept = _ALL_COUNTS.rows(conn)
-    pruned = conn.execute(select(s.event_counts)).all()
+    pruned = conn.execute(PRUNED_COUNTS).all()
     total: dict[tuple[str, str, str, str], int] = {}
     for row in [*kept, *pruned]:
         key = (row[0], row[1], row[2], row[3])

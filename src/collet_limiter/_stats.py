@@ -337,7 +337,7 @@ def _rows(
         statement = statement.where(
             (table.c.provider == model.provider) & (table.c.model == model.model)
         )
-    cursor = Prepared(statement).execute(conn)
+    cursor = Prepared("stats.rows", statement).execute(conn)
     try:
         return list(cursor.fetchall())
     finally:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import bindparam, delete, func, insert, literal, select, update
-
 from . import _events
 from . import _schema as s
 from ._config import DEFAULT_MAX_AGENTS
@@ -28,7 +26,6 @@ from ._profiles import CostTier
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
-    from sqlalchemy import Select, Table, Update
     from sqlalchemy.engine import Connection, Row
 
 
@@ -42,79 +39,32 @@ def utc_datetime(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-# Statements are built once: SQLAlchemy then computes each one's cache key once, which makes an
-# execution about three times cheaper than building the statement on every call.
-_SELECT_MODELS: Final = Prepared(select(s.models), "store.select_models")
-_SELECT_META: Final = Prepared(
-    select(s.meta.c.value).where(s.meta.c.key == bindparam("meta_key")), "store.select_meta"
-)
-_HELD: Final = Prepared(
-    select(s.leases.c.provider, s.leases.c.model, func.count()).group_by(
-        s.leases.c.provider, s.leases.c.model
-    ),
-    "store.held",
-)
-_WAITING_SELECT: Final = select(s.waiters.c.provider, s.waiters.c.model, func.count()).group_by(
-    s.waiters.c.provider, s.waiters.c.model
-)
-_WAITING: Final = Prepared(_WAITING_SELECT, "store.waiting")
-_AHEAD: Final = Prepared(
-    _WAITING_SELECT.where(s.waiters.c.id < bindparam("ticket_id")), "store.ahead"
-)
-_TICKET_EXISTS: Final = Prepared(
-    select(func.count()).where(
-        (s.waiters.c.id == bindparam("ticket_id"))
-        & (s.waiters.c.token == bindparam("ticket_token"))
-    ),
-    "store.ticket_exists",
-)
-_INSERT_MODELS: Final = insert(s.models)
-_INSERT_LEASE: Final = insert(s.leases)
-_RELEASE_STATEMENT: Final = delete(s.leases).where(
-    (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
-)
-_RELEASE: Final = Prepared(_RELEASE_STATEMENT, "store.release")
+# The prepared statements (``_statements`` holds their SQL).
+_SELECT_MODELS: Final = Prepared("store.select_models")
+_SELECT_META: Final = Prepared("store.select_meta")
+_HELD: Final = Prepared("store.held")
+_WAITING: Final = Prepared("store.waiting")
+_AHEAD: Final = Prepared("store.ahead")
+_TICKET_EXISTS: Final = Prepared("store.ticket_exists")
+_RELEASE: Final = Prepared("store.release")
 # The same, saying in the same statement (round trip, on a server) whether anyone waits.
-_RELEASE_RETURNING: Final = Prepared(
-    _RELEASE_STATEMENT.returning(select(s.waiters.c.id).exists()), "store.release_returning"
-)
-_ANY_WAITER: Final = Prepared(select(s.waiters.c.id).limit(1), "store.any_waiter")
-
-
-def _reapable(table: Table) -> Select[Any]:
-    return select(
-        table.c.id,
-        table.c.token,
-        table.c.provider,
-        table.c.model,
-        table.c.pid,
-        table.c.pid_start,
-        table.c.hostname,
-        table.c.holder,
-        table.c.expires_ts,
-    ).where((table.c.expires_ts < bindparam("now")) | (table.c.host_id == bindparam("my_host")))
-
-
-_REAPABLE: Final = {
-    "lease": Prepared(_reapable(s.leases), "store.reapable.lease"),
-    "ticket": Prepared(_reapable(s.waiters), "store.reapable.ticket"),
-}
-
-
-def _renew(table: Table) -> Update:
-    return (
-        update(table)
-        .where(table.c.owner == bindparam("renew_owner"))
-        .values(expires_ts=bindparam("new_expires_ts"), expires_at=bindparam("new_expires_at"))
-    )
-
-
-_RENEW_LEASES: Final = _renew(s.leases)
-_RENEW_TICKETS: Final = _renew(s.waiters)
-_LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
-_OWNED_LEASE_TOKENS: Final = select(s.leases.c.token).where(
-    s.leases.c.owner == bindparam("renew_owner")
-)
+_RELEASE_RETURNING: Final = Prepared("store.release_returning")
+_ANY_WAITER: Final = Prepared("store.any_waiter")
+_REAPABLE: Final = {kind: Prepared(f"store.reapable.{kind}") for kind in ("lease", "ticket")}
+_TICKET_BY_TOKEN: Final = Prepared("store.ticket_by_token")
+_WAITERS: Final = Prepared("store.waiters")
+_HOLDERS: Final = Prepared("store.holders")
+# Granting one ticket: its lease from its row, then the row goes.
+_GRANT_LEASE: Final = Prepared("store.grant_lease")
+_DELETE_GRANTED: Final = Prepared("store.delete_granted")
+_GRANT_QUEUE: Final = Prepared("store.grant_queue")
+# A waiter's wake-up on PostgreSQL: its limiter's channel, its ticket as the payload.
+_NOTIFY: Final = Prepared("store.notify")
+_LEASE_BY_TOKEN: Final = Prepared("store.lease_by_token")
+_DISCARD_LEASE: Final = Prepared("store.discard_lease")
+_DISCARD_TICKET: Final = Prepared("store.discard_ticket")
+_DELETE_OWNED: Final = tuple(Prepared(f"store.delete_owned.{t}") for t in ("leases", "tickets"))
+_HOLDERS_OF: Final = Prepared("store.holders_of")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,13 +190,17 @@ def ensure_models(
     """Add a row for each of ``keys`` the table lacks (and to ``rows``). Write transaction."""
     missing = {key: demand(key) for key in keys if key not in rows}
     if missing:
-        conn.execute(_INSERT_MODELS, [_row_values(row) for row in missing.values()])
+        from ._statements import INSERT_MODELS
+
+        conn.execute(INSERT_MODELS, [_row_values(row) for row in missing.values()])
         rows.update(missing)
 
 
 def read_meta(conn: Connection) -> dict[str, str]:
     """The settings table."""
-    return {row.key: row.value for row in conn.execute(select(s.meta))}
+    from ._statements import SELECT_META
+
+    return {row.key: row.value for row in conn.execute(SELECT_META)}
 
 
 def max_agents(conn: Connection) -> int:
@@ -280,10 +234,12 @@ def write_config(
     """
     if stored_fingerprint(conn) == fingerprint:
         return False
+    from . import _statements as q
+
     stored = read_models(conn)
     stored_cap = _SELECT_META.scalar(conn, _CAP_KEY)
     demand_keys = [key for key, row in stored.items() if row.position is None]
-    conn.execute(delete(s.models))
+    conn.execute(q.DELETE_MODELS)
     configured = {row.key for row in rows}
 
     def learned(row: ModelRow) -> ModelRow:
@@ -297,7 +253,7 @@ def write_config(
     new_rows = [learned(row) for row in rows]
     new_rows += [learned(demand(key)) for key in demand_keys if key not in configured]
     if new_rows:
-        conn.execute(insert(s.models), [_row_values(row) for row in new_rows])
+        conn.execute(q.INSERT_MODELS, [_row_values(row) for row in new_rows])
     if history:
         _record_limits(conn, stored, new_rows, now)
         if stored_cap is not None and int(stored_cap) != cap:
@@ -311,8 +267,8 @@ def write_config(
         s.META_CONFIG_SOURCE: source,
         s.META_CONFIG_WRITTEN_AT: utc_text(now),
     }
-    conn.execute(delete(s.meta).where(s.meta.c.key.in_(list(settings))))
-    conn.execute(insert(s.meta), [{"key": k, "value": v} for k, v in settings.items()])
+    conn.execute(q.delete_meta(list(settings)))
+    conn.execute(q.INSERT_META, [{"key": k, "value": v} for k, v in settings.items()])
     return True
 
 
@@ -381,12 +337,16 @@ def _ticket_record(row: Row[tuple[object, ...]]) -> TicketRecord:
 
 def list_leases(conn: Connection) -> list[LeaseRecord]:
     """Every lease, oldest first."""
-    return [_lease_record(row) for row in conn.execute(select(s.leases).order_by(s.leases.c.id))]
+    from ._statements import LIST_LEASES
+
+    return [_lease_record(row) for row in conn.execute(LIST_LEASES)]
 
 
 def list_tickets(conn: Connection) -> list[TicketRecord]:
     """Every queued ticket, in queue order."""
-    rows = conn.execute(select(s.waiters).order_by(s.waiters.c.id))
+    from ._statements import LIST_TICKETS
+
+    rows = conn.execute(LIST_TICKETS)
     return [_ticket_record(row) for row in rows]
 
 
@@ -481,99 +441,10 @@ def ticket_exists(conn: Connection, ticket: int, token: str) -> bool:
     return bool(_TICKET_EXISTS.scalar(conn, params))
 
 
-_TICKET_BY_TOKEN: Final = Prepared(
-    select(s.waiters.c.id).where(s.waiters.c.token == bindparam("ticket_token")),
-    "store.ticket_by_token",
-)
-
-
 def ticket_by_token(conn: Connection, token: str) -> int | None:
     """The id of the ticket queued under ``token``, if any."""
     found = _TICKET_BY_TOKEN.scalar(conn, {"ticket_token": token})
     return None if found is None else int(found)
-
-
-_WAITERS: Final = Prepared(
-    select(
-        s.waiters.c.id,
-        s.waiters.c.provider,
-        s.waiters.c.model,
-        s.waiters.c.wake_addr,
-        s.waiters.c.lease_token,
-        s.waiters.c.pid,
-        s.waiters.c.pid_start,
-        s.waiters.c.host_id,
-        s.waiters.c.expires_ts,
-    ).order_by(s.waiters.c.id),
-    "store.waiters",
-)
-_HOLDERS: Final = Prepared(
-    select(s.leases.c.pid, s.leases.c.pid_start, s.leases.c.host_id, s.leases.c.expires_ts),
-    "store.holders",
-)
-
-
-# Granting one ticket: its lease from its row, then the row goes. One pair of prepared statements
-# per ticket (a release usually admits one) rather than an expanding IN list, which SQLAlchemy
-# would compile anew on every execution.
-_GRANT_LEASE: Final = Prepared(
-    insert(s.leases).from_select(
-        [
-            "token", "provider", "model", "primary_provider", "primary_model", "via", "holder",
-            "pid", "pid_start", "host_id", "hostname", "owner", "acquired_at", "expires_at",
-            "acquired_ts", "expires_ts", "requested_ts",
-        ],
-        select(
-            s.waiters.c.lease_token, s.waiters.c.provider, s.waiters.c.model,
-            s.waiters.c.provider, s.waiters.c.model, literal("queue"), s.waiters.c.holder,
-            s.waiters.c.pid, s.waiters.c.pid_start, s.waiters.c.host_id, s.waiters.c.hostname,
-            s.waiters.c.owner, bindparam("granted_at"), s.waiters.c.expires_at,
-            bindparam("granted_ts"), s.waiters.c.expires_ts,
-            func.coalesce(s.waiters.c.requested_ts, s.waiters.c.enqueued_ts),
-        ).where(s.waiters.c.id == bindparam("granted_id")),
-    ),
-    "store.grant_lease",
-)  # fmt: skip
-_DELETE_GRANTED: Final = Prepared(
-    delete(s.waiters).where(s.waiters.c.id == bindparam("granted_id")),
-    "store.delete_granted",
-)
-
-
-def _grant_queue() -> Select[Any]:
-    """SQL: the queue in order, each waiter with its model's row and leases, the leases of
-    every model, and the global cap: all the fairness rule reads, in one statement.
-
-    A waiter whose model has no row gets NULLs there (the rule passes it over, as before);
-    the leases of models nobody waits for only count against the cap.
-    """
-    w, m, lease = s.waiters.c, s.models.c, s.leases.c
-    same_model = (m.provider == w.provider) & (m.model == w.model)
-    model_columns = [c for c in s.models.c if c.name not in ("provider", "model")]
-    return (
-        select(
-            w.id,
-            w.provider,
-            w.model,
-            w.wake_addr,
-            w.lease_token,
-            *model_columns,
-            select(func.count())
-            .where((lease.provider == w.provider) & (lease.model == w.model))
-            .scalar_subquery()
-            .label("held_here"),
-            select(func.count()).select_from(s.leases).scalar_subquery().label("held_all"),
-            select(s.meta.c.value)
-            .where(s.meta.c.key == s.META_MAX_AGENTS)
-            .scalar_subquery()
-            .label("cap"),
-        )
-        .select_from(s.waiters.outerjoin(s.models, same_model))
-        .order_by(w.id)
-    )
-
-
-_GRANT_QUEUE: Final = Prepared(_grant_queue(), "store.grant_queue")
 
 
 def grant_waiting(
@@ -639,17 +510,6 @@ def grant_waiting(
         writes += [(_NOTIFY, {"channel": c, "payload": str(t)}) for c, t in targets]
     batch(conn, writes)
     return [] if on_server else targets
-
-
-# A waiter's wake-up on PostgreSQL: its limiter's channel, its ticket as the payload.
-_NOTIFY: Final = Prepared(
-    select(func.pg_notify(bindparam("channel"), bindparam("payload"))), "store.notify"
-)
-
-
-_LEASE_BY_TOKEN: Final = Prepared(
-    select(s.leases).where(s.leases.c.token == bindparam("token")), "store.lease_by_token"
-)
 
 
 def lease_by_token(conn: Connection, token: str) -> LeaseRecord | None:
@@ -753,9 +613,7 @@ def reap(conn: Connection, now: float, *, my_host: str, history: bool) -> list[R
 
     params = {"now": now, "my_host": my_host}
     found = batch(conn, [(_REAPABLE["lease"], params), (_REAPABLE["ticket"], params)])
-    for (kind, table), candidates in zip(
-        (("lease", s.leases), ("ticket", s.waiters)), found, strict=True
-    ):
+    for kind, candidates in zip(("lease", "ticket"), found, strict=True):
         doomed: list[int] = []
         ended: list[Query] = []
         for row in candidates:
@@ -781,8 +639,10 @@ def reap(conn: Connection, now: float, *, my_host: str, history: bool) -> list[R
                 )
             )
         if doomed:
+            from ._statements import delete_ids
+
             batch(conn, ended)
-            conn.execute(delete(table).where(table.c.id.in_(doomed)))
+            conn.execute(delete_ids(kind, doomed))
     return removed
 
 
@@ -809,26 +669,10 @@ def release(
     return bool(released), None
 
 
-_DISCARD_LEASE: Final = Prepared(
-    delete(s.leases).where(s.leases.c.token == bindparam("lease_token")),
-    "store.discard_lease",
-)
-_DISCARD_TICKET: Final = Prepared(
-    delete(s.waiters).where(s.waiters.c.token == bindparam("ticket_token")),
-    "store.discard_ticket",
-)
-
-
 def discard(conn: Connection, *, lease_token: str, ticket_token: str) -> None:
     """Remove whatever an interrupted acquire may have left: its lease and its ticket."""
     _DISCARD_LEASE.execute(conn, {"lease_token": lease_token}).close()
     _DISCARD_TICKET.execute(conn, {"ticket_token": ticket_token}).close()
-
-
-_DELETE_OWNED: Final = tuple(
-    Prepared(delete(table).where(table.c.owner == bindparam("owner")), f"store.delete_owned.{name}")
-    for table, name in ((s.leases, "leases"), (s.waiters, "tickets"))
-)
 
 
 def release_owner(conn: Connection, owner: str, now: float, *, history: bool) -> tuple[int, int]:
@@ -855,17 +699,19 @@ def renew(
     (reaped after expiring) are returned so the caller can mark them lost. Tokens, not ids:
     they are what proves a row is this lease. Needs a write transaction.
     """
+    from . import _statements as q
+
     params = {
         "renew_owner": owner,
         "new_expires_ts": now + ttl,
         "new_expires_at": utc_text(now + ttl),
     }
-    conn.execute(_RENEW_TICKETS, params)
+    conn.execute(q.RENEW_TICKETS, params)
     # Leases too when the caller knows of none: a release may have granted one to a waiter of
     # this owner that has not read it yet.
-    if conn.execute(_RENEW_LEASES, params).rowcount >= len(lease_tokens):
+    if conn.execute(q.RENEW_LEASES, params).rowcount >= len(lease_tokens):
         return set()
-    present = conn.execute(_OWNED_LEASE_TOKENS, {"renew_owner": owner}).scalars()
+    present = conn.execute(q.OWNED_LEASE_TOKENS, {"renew_owner": owner}).scalars()
     return set(lease_tokens) - set(present)
 
 
@@ -875,7 +721,9 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
     The lease keeps its token and holder; it gets a new id and a fresh expiry. A lease the new
     file already holds (it came with an old ``-wal`` file) is kept as it is. Write transaction.
     """
-    stored = conn.execute(_LEASE_ID_BY_TOKEN, {"token": record.token}).scalar()
+    from . import _statements as q
+
+    stored = conn.execute(q.LEASE_ID_BY_TOKEN, {"token": record.token}).scalar()
     if stored is not None:
         return replace(record, id=int(stored))
     values = {
@@ -897,29 +745,20 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
         "expires_ts": now + ttl,
         "requested_ts": record.acquired_ts,
     }
-    key = conn.execute(_INSERT_LEASE, values).inserted_primary_key
+    key = conn.execute(q.INSERT_LEASE, values).inserted_primary_key
     assert key is not None
     return replace(record, id=int(key[0]), expires_ts=now + ttl)
 
 
 # --- learning from refusals --------------------------------------------------------------------
 
-_HOLDERS_OF: Final = Prepared(
-    select(func.count()).where(
-        (s.leases.c.provider == bindparam("provider")) & (s.leases.c.model == bindparam("model"))
-    ),
-    "store.holders_of",
-)
-
 
 def model_row(conn: Connection, key: ModelKey, demand: Callable[[ModelKey], ModelRow]) -> ModelRow:
     """The ``models`` row of ``key``, added from ``demand`` if the table lacks it. Write
     transaction."""
-    found = conn.execute(
-        select(s.models).where(
-            (s.models.c.provider == key.provider) & (s.models.c.model == key.model)
-        )
-    ).first()
+    from ._statements import model_of
+
+    found = conn.execute(model_of(key)).first()
     if found is not None:
         return _model_row(found)
     rows: dict[ModelKey, ModelRow] = {}
@@ -934,8 +773,6 @@ def holders_of(conn: Connection, key: ModelKey) -> int:
 
 def store_health(conn: Connection, key: ModelKey, health: Health) -> None:
     """Write what was learned about ``key`` to its ``models`` row. Write transaction."""
-    conn.execute(
-        update(s.models)
-        .where((s.models.c.provider == key.provider) & (s.models.c.model == key.model))
-        .values(health_values(health))
-    )
+    from ._statements import store_health as statement
+
+    conn.execute(statement(key, health_values(health)))
