@@ -61,16 +61,15 @@ def record_cycle(db: str) -> list[tuple[str, tuple[Any, ...]]]:
     with Limiter(db) as limiter:
         for _ in range(20):  # warm: the file exists, the statements are compiled
             limiter.acquire("x/y").release()
-        # A benchmark's peek: the pooled connection the next transactions will take, whose
-        # driver connection (cursors, and the runtime's own BEGIN and COMMIT) is wrapped.
-        fairy = limiter._runtime._spare[-1].connection  # noqa: SLF001
-        record = fairy._connection_record  # noqa: SLF001
-        driver = fairy.dbapi_connection
-        fairy.dbapi_connection = record.dbapi_connection = _Recorder(driver, log)
+        # A benchmark's peek: the connection the next transactions will take (a LiteConnection
+        # on SQLite), whose driver connection (cursors, BEGIN and COMMIT) is wrapped.
+        conn = limiter._runtime._spare[-1]  # noqa: SLF001
+        driver = conn.driver
+        conn.driver = _Recorder(driver, log)
         try:
             limiter.acquire("x/y").release()
         finally:
-            fairy.dbapi_connection = record.dbapi_connection = driver
+            conn.driver = driver
     return [(sql, params) for sql, params in log if not sql.startswith("PRAGMA")]
 
 

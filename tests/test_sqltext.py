@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
 from collet_limiter import Limiter, _sqltext
 from collet_limiter._engine import PREPARED, Prepared
+from collet_limiter._lite import sqlalchemy_connection
 from collet_limiter._sqlgen import generate
 
 from .conftest import make_config
@@ -28,15 +29,20 @@ def test_the_stored_text_is_what_the_core_statements_compile_to_now() -> None:
     assert generate() == stored, "out of date: run python -m collet_limiter._sqlgen"
 
 
-def test_a_limiters_dialect_takes_the_stored_text_which_is_its_own_compilation(db: Path) -> None:
+def test_a_limiters_connections_take_the_stored_text_which_is_sqlalchemys_compilation(
+    db: Path,
+) -> None:
     with Limiter(db) as limiter:
         limiter.acquire("x/y").release()
-        dialect = limiter._runtime.engine.dialect
+        with limiter._runtime.connection() as conn:
+            lite, real = conn.dialect, sqlalchemy_connection(conn).dialect
         assert len(PREPARED) >= 40
         for name, prepared in PREPARED.items():
-            stored = prepared._generated(dialect)
+            stored = prepared._generated(lite)
             assert stored is not None, name
-            assert _form(stored) == _form(prepared.compiled_by(dialect)), name
+            assert _form(stored) == _form(prepared.compiled_by(real)), name
+            # SQLAlchemy's own connection on the file compiles as the generator did.
+            assert prepared._generated(real) is not None, name
 
 
 def test_a_dialect_that_compiles_otherwise_compiles_the_statements_itself() -> None:
@@ -107,3 +113,51 @@ def test_a_new_process_builds_and_compiles_no_statement_to_acquire_queue_and_rel
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == {"compiled": [], "built": False}
+
+
+# The same life in a new process, without counting (which needs SQLAlchemy's compiler), and also
+# a renewal and a reported refusal: it imports neither SQLAlchemy nor Alembic.
+_IMPORTS = textwrap.dedent(
+    """
+    import json, sys, threading
+    from collet_limiter import Config, Limiter
+
+    config = Config.model_validate(
+        {"models": [{"name": "m", "concurrency_limit": 1}],
+         "providers": [{"name": "p", "models": ["m"]}]}
+    )
+    first, second = Limiter(sys.argv[1], config=config), Limiter(sys.argv[1], config=config)
+    first.acquire("p/m").release()
+    held = second.acquire("p/m")
+    queued = threading.Thread(target=lambda: first.acquire_wait("p/m").release())
+    queued.start()
+    while not first._runtime.waiters:  # registered: its ticket is in the queue
+        queued.join(0.01)
+    held.release()
+    queued.join()
+    lease = first.acquire("p/m")
+    first._runtime.renew()
+    lease.report_rate_limited(0.001, reason="a refusal")
+    lease.release()
+    first.close()
+    second.close()
+    print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "alembic"})))
+    """
+)
+
+
+def test_a_new_process_on_a_current_database_imports_no_sqlalchemy(db: Path) -> None:
+    config = make_config(
+        models=[{"name": "m", "concurrency_limit": 1}], providers=[{"name": "p", "models": ["m"]}]
+    )
+    with Limiter(db, config=config) as limiter:  # the file, its schema and the model's row
+        limiter.acquire("p/m").release()
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []

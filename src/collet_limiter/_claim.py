@@ -30,6 +30,7 @@ from ._store import (
     ensure_models,
     grant_waiting,
     held_counts,
+    insert_lease,
     lease_by_token,
     lease_from,
     lease_query,
@@ -344,12 +345,8 @@ def claim(
 
     result = ClaimResult(None, ticket, verdicts, global_reason, reaped, requeued, at=now)
     if granted is not None:
-        from ._statements import INSERT_LEASE
-
         values = _lease_values(request, granted.candidate.key, granted.candidate.via, now)
-        lease_id = conn.execute(INSERT_LEASE, values).inserted_primary_key
-        assert lease_id is not None
-        result.lease = lease = _record(values, int(lease_id[0]))
+        result.lease = lease = _record(values, insert_lease(conn, values))
         if ticket is not None:
             _DELETE_TICKET.execute(conn, {"ticket_id": ticket}).close()
             result.ticket = None

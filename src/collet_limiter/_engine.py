@@ -41,16 +41,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-import sqlalchemy
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import QueuePool
+from ._lite import LiteDialect, LiteEngine, sqlalchemy_connection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from sqlalchemy.engine import URL, Connection, Engine
     from sqlalchemy.sql.expression import ClauseElement
+
+# SQLAlchemy is imported where it is used: on SQLite a process that acquires and releases needs
+# none of it (see _lite).
 
 # Key in a connection's ``info`` marking that its next transaction will write (a plain dict
 # entry: execution options would cost more than the statement on this hot path).
@@ -71,14 +71,23 @@ class Target:
 
     For PostgreSQL, ``schema`` is the limiter group (the ``?schema=`` of the URL the user gave,
     which ``url`` no longer carries: it is not a connection option) and ``shown`` that URL
-    with its password hidden.
+    with its password hidden. A SQLite file's URL is made from its path when asked for.
     """
 
-    url: URL
+    server_url: URL | None  # PostgreSQL's; None for a SQLite file
     path: Path | None
     schema: str | None = None
     shown: str | None = None
     listen: bool = True  # PostgreSQL: wake waiters by LISTEN/NOTIFY (else they poll)
+
+    @property
+    def url(self) -> URL:
+        """The SQLAlchemy URL."""
+        if self.server_url is not None:
+            return self.server_url
+        from sqlalchemy.engine import make_url
+
+        return make_url("sqlite+pysqlite://").set(database=str(self.path))
 
     @property
     def display(self) -> str:
@@ -90,7 +99,7 @@ class Target:
     @property
     def is_sqlite(self) -> bool:
         """Whether the target is a SQLite database."""
-        return self.url.get_backend_name() == "sqlite"
+        return self.server_url is None
 
     @property
     def host(self) -> str:
@@ -110,6 +119,7 @@ def resolve_target(db: str | os.PathLike[str]) -> Target:
     """A path or a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``)."""
     text = os.fspath(db)
     if "://" in text:
+        from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
         try:
@@ -133,8 +143,7 @@ def resolve_target(db: str | os.PathLike[str]) -> Target:
                     "give a file path",
                     path=text,
                 )
-            path = Path(url.database).expanduser().absolute()
-            return Target(url.set(drivername="sqlite+pysqlite", database=str(path)), path)
+            return Target(None, Path(url.database).expanduser().absolute())
         from ._errors import ConfigError
 
         raise ConfigError(
@@ -142,8 +151,7 @@ def resolve_target(db: str | os.PathLike[str]) -> Target:
             f"{url.get_backend_name()!r}; use a SQLite file path or a postgresql+psycopg:// URL",
             path=url.render_as_string(hide_password=True),
         )
-    path = Path(text).expanduser().absolute()
-    return Target(make_url("sqlite+pysqlite://").set(database=str(path)), path)
+    return Target(None, Path(text).expanduser().absolute())
 
 
 def _hide_password(text: str) -> str:
@@ -180,19 +188,24 @@ def _postgres_target(url: URL, shown: str) -> Target:
     return Target(url, None, schema=schema, shown=shown, listen=listen_text == "on")
 
 
+def configure_sqlite(dbapi_connection: Any, busy_timeout_ms: int) -> None:
+    """Set up a new SQLite connection: our BEGIN, the busy timeout, WAL, synchronous NORMAL."""
+    dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        _switch_to_wal(cursor, busy_timeout_ms / 1000)
+        # NORMAL is durable across application crashes in WAL mode; only a power loss can
+        # roll back the last commits, which for leases means at worst a released slot
+        # reappears until its holder is seen dead.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
 def _on_connect(busy_timeout_ms: int) -> Any:
     def configure(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            _switch_to_wal(cursor, busy_timeout_ms / 1000)
-            # NORMAL is durable across application crashes in WAL mode; only a power loss can
-            # roll back the last commits, which for leases means at worst a released slot
-            # reappears until its holder is seen dead.
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
+        configure_sqlite(dbapi_connection, busy_timeout_ms)
 
     return configure
 
@@ -239,6 +252,9 @@ def _on_begin(conn: Connection) -> None:
 
 def create_sqlite_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
     """An engine on a SQLite file in WAL mode with our transaction control."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import QueuePool
+
     engine = create_engine(
         target.url,
         poolclass=QueuePool,
@@ -296,6 +312,9 @@ def create_postgres_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
     (SIGSTOP) in the middle of a write would otherwise hold every writer up for as long as it
     stays stopped; the server ends its session instead, which rolls it back.
     """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import QueuePool
+
     assert target.schema is not None
     timeout_ms = max(1, int(busy_timeout_ms))
     options = (
@@ -324,11 +343,52 @@ def create_postgres_engine(target: Target, *, busy_timeout_ms: int) -> Engine:
     return engine
 
 
-def create_engine_for(target: Target, *, busy_timeout_ms: int) -> Engine:
-    """The engine a limiter uses on ``target``, whatever its dialect."""
+def create_engine_for(target: Target, *, busy_timeout_ms: int) -> Engine | LiteEngine:
+    """The engine a limiter uses on ``target``: on SQLite the stdlib driver's (``_lite``)."""
     if target.is_sqlite:
-        return create_sqlite_engine(target, busy_timeout_ms=busy_timeout_ms)
+        return LiteEngine(target, busy_timeout_ms=busy_timeout_ms)
     return create_postgres_engine(target, busy_timeout_ms=busy_timeout_ms)
+
+
+def twin_connection(driver: sqlite3.Connection) -> tuple[Engine, Connection]:
+    """A SQLAlchemy engine and connection over one SQLite driver connection already set up (a
+    ``LiteConnection``'s twin): its transactions are that connection's, begun by ours when one
+    is open (then it emits no BEGIN), else as ``create_sqlite_engine``'s."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import StaticPool
+
+    held = _TwinDriver(driver)
+    engine = create_engine(
+        "sqlite+pysqlite://",
+        creator=lambda: held,
+        poolclass=StaticPool,
+        pool_reset_on_return=None,  # every transaction ends in COMMIT or ROLLBACK
+    )
+
+    def begin(conn: Connection) -> None:
+        if not driver.in_transaction:
+            _on_begin(conn)
+
+    event.listen(engine, "begin", begin)
+    conn = engine.connect()  # SQLAlchemy's first connect initializes its dialect, then rolls
+    held.connected = True  # back: not the transaction that may be open on the driver
+    return engine, conn
+
+
+class _TwinDriver:
+    """A SQLite driver connection as a twin's pool holds it: the same, except that the rollback
+    SQLAlchemy does after first connecting does nothing (``twin_connection``)."""
+
+    def __init__(self, driver: sqlite3.Connection) -> None:
+        self.driver, self.connected = driver, False
+
+    def rollback(self) -> None:
+        """Roll back, once connected."""
+        if self.connected:
+            self.driver.rollback()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.driver, name)
 
 
 def server_now(conn: Connection) -> float | None:
@@ -353,6 +413,9 @@ def create_sqlite_inspect_engine(
     (https://www.sqlite.org/wal.html#the_wal_file). A file the process may not write is still
     opened, read-only (SQLite falls back by itself).
     """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import QueuePool
+
     assert target.path is not None, "only SQLite files are inspected"
     uri = f"file:{quote(str(target.path))}?mode=rw"
     timeout = busy_timeout_ms / 1000
@@ -422,8 +485,9 @@ class Prepared:
 
         return STATEMENTS[self.name]
 
-    def _compile(self, dialect: Any) -> _Compiled:
-        entry = self._generated(dialect) or self.compiled_by(dialect)
+    def _compile(self, conn: Any) -> _Compiled:
+        dialect = conn.dialect
+        entry = self._generated(dialect) or self.compiled_by(sqlalchemy_connection(conn).dialect)
         self._compiled[dialect.name] = entry
         return entry
 
@@ -434,7 +498,14 @@ class Prepared:
         from . import _sqltext  # only at SQLite's first use of each statement
 
         found = _sqltext.SQLITE.get(self.name)
-        if found is None or dialect_fingerprint(dialect) != _sqltext.SQLITE_FINGERPRINT:
+        if found is None:
+            return None
+        # The stdlib driver's connections run the text as it is (it is SQLite's SQL, and the
+        # statements that use RETURNING run only where the library has it); SQLAlchemy's take
+        # it when their dialect compiles exactly as the one that wrote it.
+        if not isinstance(dialect, LiteDialect) and (
+            dialect_fingerprint(dialect) != _sqltext.SQLITE_FINGERPRINT
+        ):
             return None
         sql, names, defaults = found
         return _Compiled(sql, dict(defaults), names, positional=True, getter=_getter(names))
@@ -453,8 +524,7 @@ class Prepared:
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """Run in ``conn``'s current transaction; returns the driver's cursor (close it)."""
-        dialect = conn.dialect
-        entry = self._compiled.get(dialect.name) or self._compile(dialect)
+        entry = self._compiled.get(conn.dialect.name) or self._compile(conn)
         if not params:
             values: Mapping[str, Any] = entry.defaults
         elif entry.defaults:
@@ -534,6 +604,8 @@ def dialect_fingerprint(dialect: Any) -> str:
     (which a SQLite dialect sets from the library's version when it first connects)."""
     known = _FINGERPRINTS.get(dialect)
     if known is None:
+        import sqlalchemy
+
         flags = sorted(
             (name, value)
             for name in dir(dialect)

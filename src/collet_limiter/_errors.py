@@ -180,17 +180,23 @@ def storage_error_from(exc: BaseException, *, path: str) -> StorageError:
 @contextlib.contextmanager
 def translate_driver_errors(path: str) -> Iterator[None]:
     """Re-raise sqlite3, SQLAlchemy and OS errors from the block as the matching StorageError."""
-    from sqlalchemy import exc as sa_exc
-
     try:
         yield
     except LimiterError:
         raise
-    except (sa_exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise storage_error_from(exc, path=path) from exc
     except Exception as exc:
-        # psycopg's errors, raised by statements run on the driver's cursor (``Prepared``),
-        # recognised without importing psycopg, which only the PostgreSQL extra installs.
-        if not type(exc).__module__.startswith("psycopg"):
+        # SQLAlchemy's errors and psycopg's (raised by statements run on the driver's cursor,
+        # ``Prepared``), recognised without importing either: neither may be loaded.
+        if not (_sqlalchemy_error(exc) or type(exc).__module__.startswith("psycopg")):
             raise
         raise storage_error_from(exc, path=path) from exc
+
+
+def _sqlalchemy_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``sqlalchemy.exc.SQLAlchemyError``."""
+    return any(
+        k.__name__ == "SQLAlchemyError" and k.__module__ == "sqlalchemy.exc"
+        for k in type(exc).__mro__
+    )

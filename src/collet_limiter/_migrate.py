@@ -14,11 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import inspect, text
-from sqlalchemy.schema import CreateSchema
-
 from ._engine import read_transaction, write_transaction
 from ._errors import SchemaVersionError
+from ._lite import sqlalchemy_connection
 from ._schema import SCHEMA_REVISION
 
 if TYPE_CHECKING:
@@ -40,6 +38,21 @@ def migrations_dir() -> Path:
 
 def current_revision(conn: Connection) -> str | None:
     """The schema revision recorded in the database, None for a database without our schema."""
+    if conn.dialect.name == "sqlite":  # the driver's cursor: no SQLAlchemy needed
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            )
+            if cursor.fetchone() is None:
+                return None
+            cursor.execute("SELECT version_num FROM alembic_version")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else str(row[0])
+    from sqlalchemy import inspect, text
+
     if not inspect(conn).has_table("alembic_version"):
         return None
     value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -93,7 +106,9 @@ def ensure_schema(conn: Connection, *, display: str, schema: str | None = None) 
     if revision == SCHEMA_REVISION:
         return False
     from alembic import command
+    from sqlalchemy.schema import CreateSchema
 
+    conn = sqlalchemy_connection(conn)  # Alembic runs on SQLAlchemy's
     with write_transaction(conn):
         revision = current_revision(conn)
         if revision == SCHEMA_REVISION:

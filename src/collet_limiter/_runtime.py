@@ -28,12 +28,13 @@ import threading
 import time
 import weakref
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from ._claim import ClaimResult
 from ._core import RETRY_KEY, WAKE_KEY, Core, log, monotonic
-from ._engine import create_engine_for, create_sqlite_engine
+from ._engine import create_engine_for
 from ._errors import AcquireTimeout, LimiterClosedError, LimiterError, translate_driver_errors
+from ._lite import LiteEngine
 from ._results import QueueWait
 from ._wake import PidWatch, WakeSocket, WriterLock, notify
 from ._watcher import Watcher, drain
@@ -186,6 +187,7 @@ class Runtime:
         # in the kernel rather than in SQLite's busy handler).
         self._write_lock = threading.Lock()
         self.closed = False
+        self._close_ended = threading.Event()  # set once close() has given everything back
         self._leases: weakref.WeakValueDictionary[str, BaseLease] = weakref.WeakValueDictionary()
         self.waiters: dict[str, Waiter] = {}
         self._dropped: collections.deque[tuple[int, str]] = collections.deque()
@@ -210,7 +212,7 @@ class Runtime:
             with translate_driver_errors(core.display):
                 if fresh:
                     core.prepare_file()
-                self.engine: Engine = create_engine_for(
+                self.engine: Engine | LiteEngine = create_engine_for(
                     core.target, busy_timeout_ms=core.busy_timeout_ms
                 )
                 opened.append(self.engine.dispose)
@@ -224,12 +226,13 @@ class Runtime:
                 if fresh and self.remote:  # waits out a server restart, as every write does
                     self._retrying(core.open_database)
                 elif fresh:
-                    with self.engine.connect() as conn:
+                    with self._connect() as conn:
                         core.open_database(conn)
                 self.wake_socket: WakeSocket | PgListener
                 if self.remote:
                     from ._pglisten import PgListener
 
+                    assert not isinstance(self.engine, LiteEngine)
                     self.wake_socket = PgListener(
                         self.engine,
                         f"collet_{core.owner}",
@@ -296,15 +299,22 @@ class Runtime:
         self._beat_thread = self._watch_thread = None
         self._worker = None
         self.core.reset_identity()
+        self._close_ended = threading.Event()
         if self.closed:
+            self._close_ended.set()
             _LIVE.discard(self)
             return
         self._open(fresh=False)
 
     # --- connections and the turn to write ------------------------------------------------------
 
+    def _connect(self) -> Connection:
+        """A new connection of the engine (on SQLite a ``LiteConnection``, which stands in for
+        SQLAlchemy's everywhere a transaction runs)."""
+        return cast("Connection", self.engine.connect())
+
     @contextlib.contextmanager
-    def connection(self, engine: Engine | None = None) -> Iterator[Connection]:
+    def connection(self, engine: Engine | LiteEngine | None = None) -> Iterator[Connection]:
         """A connection kept checked out for reuse, with driver errors translated.
 
         The pool's checkout and checkin (events, bookkeeping) cost more than a write statement,
@@ -313,6 +323,7 @@ class Runtime:
         """
         engine = engine or self.engine
         with translate_driver_errors(self.core.display):
+            conn: Any  # a SQLAlchemy Connection, or on SQLite a LiteConnection standing in
             try:
                 conn = self._spare.pop()
             except IndexError:
@@ -464,7 +475,7 @@ class Runtime:
         assert isinstance(self._writer, WriterLock), "only a SQLite file is ever replaced"
         self._close_spares()
         self.engine.dispose()
-        self.engine = create_sqlite_engine(core.target, busy_timeout_ms=core.busy_timeout_ms)
+        self.engine = create_engine_for(core.target, busy_timeout_ms=core.busy_timeout_ms)
         core.prepare_file()
         if _file_id(self._writer.path) != self._writer_id:  # the lock file went too
             writer = WriterLock(self.path, core.sharing)
@@ -475,7 +486,7 @@ class Runtime:
             old.close()
         with self.lock:
             held = list(self._leases.values())
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             core.open_database(conn)
             records = core.readopt(conn, [lease._record for lease in held])  # noqa: SLF001
         with self.lock:
@@ -776,31 +787,39 @@ class Runtime:
             waiter.wake()
         if self.core.pid != os.getpid():
             _LIVE.discard(self)
+            self._close_ended.set()
             return
-        self._interrupt()
-        with contextlib.suppress(OSError):
-            os.write(self._beat_w, b"c")
-        for thread in (self._beat_thread, self._watch_thread):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join()
-        with self._write_lock:
-            try:
-                self._give_back()
-            finally:
-                with self.lock:
-                    for lease in list(self._leases.values()):
-                        lease._released = True  # noqa: SLF001
-                    self._leases = weakref.WeakValueDictionary()
-                self._close_spares()
-                self.engine.dispose()
-                self.wake_socket.close()
-                self.pids.close()
-                self._writer.close()
-                _close_fds(self.interrupt_r, self.interrupt_w, self._beat_r, self._beat_w)
-                _LIVE.discard(self)
-        worker = self._worker
-        if worker is not None:
-            worker.stop()
+        try:
+            self._interrupt()
+            with contextlib.suppress(OSError):
+                os.write(self._beat_w, b"c")
+            for thread in (self._beat_thread, self._watch_thread):
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join()
+            with self._write_lock:
+                try:
+                    self._give_back()
+                finally:
+                    with self.lock:
+                        for lease in list(self._leases.values()):
+                            lease._released = True  # noqa: SLF001
+                        self._leases = weakref.WeakValueDictionary()
+                    self._close_spares()
+                    self.engine.dispose()
+                    self.wake_socket.close()
+                    self.pids.close()
+                    self._writer.close()
+                    _close_fds(self.interrupt_r, self.interrupt_w, self._beat_r, self._beat_w)
+                    _LIVE.discard(self)
+            worker = self._worker
+            if worker is not None:
+                worker.stop()
+        finally:
+            self._close_ended.set()
+
+    def wait_closed(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a ``close()`` begun in another thread to end."""
+        self._close_ended.wait(timeout)
 
     def _give_back(self) -> None:
         """At close: delete this runtime's rows from the database its path now names."""
@@ -817,7 +836,7 @@ class Runtime:
             # The file was deleted or replaced: our rows went with the old one, except any
             # carried into the new one by a reopen. Never recreate a deleted database to close.
             if self.path.exists():
-                engine = create_sqlite_engine(core.target, busy_timeout_ms=core.busy_timeout_ms)
+                engine = create_engine_for(core.target, busy_timeout_ms=core.busy_timeout_ms)
                 try:
                     with contextlib.suppress(LimiterError), self.connection(engine) as conn:
                         core.release_owner(conn)
@@ -882,7 +901,18 @@ def abandon(runtime: Runtime) -> None:
     if runtime.closed or runtime.core.pid != os.getpid():
         return
     with contextlib.suppress(RuntimeError):  # shutting down: the exit handler closes it
-        threading.Thread(target=runtime.close, name="collet-limiter-close", daemon=True).start()
+        threading.Thread(
+            target=_close_abandoned, args=(runtime,), name="collet-limiter-close", daemon=True
+        ).start()
+
+
+def _close_abandoned(runtime: Runtime) -> None:
+    """Close a runtime nobody holds any more; a database error is logged, not raised (nobody
+    would catch it: the thread would print a traceback)."""
+    try:
+        runtime.close()
+    except LimiterError as exc:
+        log.warning("could not give back the rows of an unclosed %s: %s", runtime.face, exc)
 
 
 def _after_fork_in_child() -> None:
@@ -894,6 +924,9 @@ def _close_all_at_exit() -> None:
     for runtime in list(_LIVE):
         with contextlib.suppress(Exception):
             runtime.close()
+            # A close begun in another thread (a daemon one, such as the one ``abandon``
+            # starts when a face is collected as the program ends) would be cut short at exit.
+            runtime.wait_closed(runtime.core.busy_timeout_ms / 1000 + 5.0)
 
 
 if hasattr(os, "register_at_fork"):

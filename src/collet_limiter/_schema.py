@@ -26,6 +26,12 @@ META_FINGERPRINT: Final = "config_fingerprint"
 META_CONFIG_SOURCE: Final = "config_source"
 META_CONFIG_WRITTEN_AT: Final = "config_written_at"
 
+# The columns of ``models`` that hold what was learned from refusals (see _cooldown).
+HEALTH_COLUMNS: Final = (
+    "effective_limit", "limited_at", "limited_ts", "recover_secs", "cooldown_until_at",
+    "cooldown_until_ts", "cooldown_kind", "cooldown_reason",
+)  # fmt: skip
+
 # The columns of ``events`` but its id, in table order (``_define`` checks it): what
 # ``_events.record`` writes.
 EVENT_COLUMNS: Final = (

@@ -38,6 +38,16 @@ SQLITE: Final[dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]] = {
         ('v_token', 'v_provider', 'v_model', 'v_primary_provider', 'v_primary_model', 'v_via', 'v_holder', 'v_pid', 'v_pid_start', 'v_host_id', 'v_hostname', 'v_owner', 'v_acquired_at', 'v_expires_at', 'v_acquired_ts', 'v_expires_ts', 'v_requested_ts', 'v_provider', 'v_model', 'ticket_id', 'v_provider', 'v_model', 'v_provider', 'v_model', 'ticket_id', 'key_1', 'ticket_id', 'ticket_token'),
         {'key_1': 'max_agents'},
     ),
+    'claim.insert_lease': (
+        'INSERT INTO leases (token, provider, model, primary_provider, primary_model, via, holder, pid, pid_start, host_id, hostname, owner, acquired_at, expires_at, acquired_ts, expires_ts, requested_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        ('token', 'provider', 'model', 'primary_provider', 'primary_model', 'via', 'holder', 'pid', 'pid_start', 'host_id', 'hostname', 'owner', 'acquired_at', 'expires_at', 'acquired_ts', 'expires_ts', 'requested_ts'),
+        {},
+    ),
+    'claim.insert_lease_returning': (
+        'INSERT INTO leases (token, provider, model, primary_provider, primary_model, via, holder, pid, pid_start, host_id, hostname, owner, acquired_at, expires_at, acquired_ts, expires_ts, requested_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id',
+        ('token', 'provider', 'model', 'primary_provider', 'primary_model', 'via', 'holder', 'pid', 'pid_start', 'host_id', 'hostname', 'owner', 'acquired_at', 'expires_at', 'acquired_ts', 'expires_ts', 'requested_ts'),
+        {},
+    ),
     'claim.model_queue': (
         'SELECT models.concurrency_limit, (SELECT count(*) AS count_1 \nFROM leases \nWHERE leases.provider = ? AND leases.model = ?) AS anon_1, (SELECT count(*) AS count_2 \nFROM waiters \nWHERE waiters.provider = ? AND waiters.model = ?) AS anon_2 \nFROM models \nWHERE models.provider = ? AND models.model = ? AND models.effective_limit IS NULL AND models.cooldown_until_ts IS NULL',
         ('provider', 'model', 'provider', 'model', 'provider', 'model'),
@@ -133,6 +143,16 @@ SQLITE: Final[dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]] = {
         ('granted_id',),
         {},
     ),
+    'store.delete_id.lease': (
+        'DELETE FROM leases WHERE leases.id = ?',
+        ('row_id',),
+        {},
+    ),
+    'store.delete_id.ticket': (
+        'DELETE FROM waiters WHERE waiters.id = ?',
+        ('row_id',),
+        {},
+    ),
     'store.delete_owned.leases': (
         'DELETE FROM leases WHERE leases.owner = ?',
         ('owner',),
@@ -178,14 +198,29 @@ SQLITE: Final[dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]] = {
         ('provider', 'model'),
         {},
     ),
+    'store.insert_model': (
+        'INSERT INTO models (provider, model, concurrency_limit, cost_tier, supports_tool_use, is_cli, position, effective_limit, limited_at, limited_ts, recover_secs, cooldown_until_at, cooldown_until_ts, cooldown_kind, cooldown_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        ('provider', 'model', 'concurrency_limit', 'cost_tier', 'supports_tool_use', 'is_cli', 'position', 'effective_limit', 'limited_at', 'limited_ts', 'recover_secs', 'cooldown_until_at', 'cooldown_until_ts', 'cooldown_kind', 'cooldown_reason'),
+        {},
+    ),
     'store.lease_by_token': (
         'SELECT leases.id, leases.token, leases.provider, leases.model, leases.primary_provider, leases.primary_model, leases.via, leases.holder, leases.pid, leases.pid_start, leases.host_id, leases.hostname, leases.owner, leases.acquired_at, leases.expires_at, leases.acquired_ts, leases.expires_ts, leases.requested_ts \nFROM leases \nWHERE leases.token = ?',
         ('token',),
         {},
     ),
+    'store.model_of': (
+        'SELECT models.provider, models.model, models.concurrency_limit, models.cost_tier, models.supports_tool_use, models.is_cli, models.position, models.effective_limit, models.limited_at, models.limited_ts, models.recover_secs, models.cooldown_until_at, models.cooldown_until_ts, models.cooldown_kind, models.cooldown_reason \nFROM models \nWHERE models.provider = ? AND models.model = ?',
+        ('provider', 'model'),
+        {},
+    ),
     'store.notify': (
         'SELECT pg_notify(?, ?) AS pg_notify_1',
         ('channel', 'payload'),
+        {},
+    ),
+    'store.owned_lease_tokens': (
+        'SELECT leases.token \nFROM leases \nWHERE leases.owner = ?',
+        ('renew_owner',),
         {},
     ),
     'store.reapable.lease': (
@@ -208,6 +243,16 @@ SQLITE: Final[dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]] = {
         ('lease_id', 'lease_token'),
         {},
     ),
+    'store.renew.leases': (
+        'UPDATE leases SET expires_at=?, expires_ts=? WHERE leases.owner = ?',
+        ('new_expires_at', 'new_expires_ts', 'renew_owner'),
+        {},
+    ),
+    'store.renew.tickets': (
+        'UPDATE waiters SET expires_at=?, expires_ts=? WHERE waiters.owner = ?',
+        ('new_expires_at', 'new_expires_ts', 'renew_owner'),
+        {},
+    ),
     'store.select_meta': (
         'SELECT meta.value \nFROM meta \nWHERE meta."key" = ?',
         ('meta_key',),
@@ -216,6 +261,11 @@ SQLITE: Final[dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]] = {
     'store.select_models': (
         'SELECT models.provider, models.model, models.concurrency_limit, models.cost_tier, models.supports_tool_use, models.is_cli, models.position, models.effective_limit, models.limited_at, models.limited_ts, models.recover_secs, models.cooldown_until_at, models.cooldown_until_ts, models.cooldown_kind, models.cooldown_reason \nFROM models',
         (),
+        {},
+    ),
+    'store.store_health': (
+        'UPDATE models SET effective_limit=?, limited_at=?, limited_ts=?, recover_secs=?, cooldown_until_at=?, cooldown_until_ts=?, cooldown_kind=?, cooldown_reason=? WHERE models.provider = ? AND models.model = ?',
+        ('h_effective_limit', 'h_limited_at', 'h_limited_ts', 'h_recover_secs', 'h_cooldown_until_at', 'h_cooldown_until_ts', 'h_cooldown_kind', 'h_cooldown_reason', 'provider', 'model'),
         {},
     ),
     'store.ticket_by_token': (

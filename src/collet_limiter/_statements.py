@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Insert, Select, Table, Update
     from sqlalchemy.sql.expression import ClauseElement
 
-    from ._keys import ModelKey
-
 # Every statement a ``Prepared`` runs, by its name.
 STATEMENTS: Final[dict[str, ClauseElement]] = {}
 
@@ -181,8 +179,9 @@ _named(
         & (s.waiters.c.token == bindparam("ticket_token"))
     ),
 )
-INSERT_MODELS: Final = insert(s.models)
-INSERT_LEASE: Final = insert(s.leases)
+_named(
+    "store.insert_model", insert(s.models).values({c.name: bindparam(c.name) for c in s.models.c})
+)
 _RELEASE_STATEMENT: Final = delete(s.leases).where(
     (s.leases.c.id == bindparam("lease_id")) & (s.leases.c.token == bindparam("lease_token"))
 )
@@ -218,11 +217,22 @@ def _renew(table: Table) -> Update:
     )
 
 
-RENEW_LEASES: Final = _renew(s.leases)
-RENEW_TICKETS: Final = _renew(s.waiters)
+_named("store.renew.leases", _renew(s.leases))
+_named("store.renew.tickets", _renew(s.waiters))
+_named(
+    "store.owned_lease_tokens",
+    select(s.leases.c.token).where(s.leases.c.owner == bindparam("renew_owner")),
+)
 LEASE_ID_BY_TOKEN: Final = select(s.leases.c.id).where(s.leases.c.token == bindparam("token"))
-OWNED_LEASE_TOKENS: Final = select(s.leases.c.token).where(
-    s.leases.c.owner == bindparam("renew_owner")
+_named("store.delete_id.lease", delete(s.leases).where(s.leases.c.id == bindparam("row_id")))
+_named("store.delete_id.ticket", delete(s.waiters).where(s.waiters.c.id == bindparam("row_id")))
+_THIS_MODEL: Final = (s.models.c.provider == bindparam("provider")) & (
+    s.models.c.model == bindparam("model")
+)
+_named("store.model_of", select(s.models).where(_THIS_MODEL))
+_named(
+    "store.store_health",
+    update(s.models).where(_THIS_MODEL).values({c: bindparam(f"h_{c}") for c in s.HEALTH_COLUMNS}),
 )
 SELECT_META: Final = select(s.meta)
 DELETE_MODELS: Final = delete(s.models)
@@ -234,28 +244,6 @@ LIST_TICKETS: Final = select(s.waiters).order_by(s.waiters.c.id)
 def delete_meta(keys: list[str]) -> Any:
     """Delete the ``meta`` rows of ``keys``."""
     return delete(s.meta).where(s.meta.c.key.in_(keys))
-
-
-def delete_ids(kind: str, ids: list[int]) -> Any:
-    """Delete the leases (``kind`` lease) or tickets (ticket) of ``ids``."""
-    table = s.leases if kind == "lease" else s.waiters
-    return delete(table).where(table.c.id.in_(ids))
-
-
-def model_of(key: ModelKey) -> Any:
-    """The ``models`` row of ``key``."""
-    return select(s.models).where(
-        (s.models.c.provider == key.provider) & (s.models.c.model == key.model)
-    )
-
-
-def store_health(key: ModelKey, values: dict[str, object]) -> Any:
-    """Write ``values`` (what was learned) to the ``models`` row of ``key``."""
-    return (
-        update(s.models)
-        .where((s.models.c.provider == key.provider) & (s.models.c.model == key.model))
-        .values(values)
-    )
 
 
 _named(
@@ -462,6 +450,9 @@ TICKET_COLUMNS: Final = (
     "enqueued_at", "expires_at", "enqueued_ts", "expires_ts", "wake_addr", "lease_token",
     "requested_ts",
 )  # fmt: skip
+_INSERT_LEASE: Final = insert(s.leases).values({c: bindparam(c) for c in LEASE_COLUMNS})
+_named("claim.insert_lease", _INSERT_LEASE)
+_named("claim.insert_lease_returning", _INSERT_LEASE.returning(s.leases.c.id))
 _INSERT_TICKET: Final = insert(s.waiters).values({c: bindparam(c) for c in TICKET_COLUMNS})
 _named("claim.enqueue", _INSERT_TICKET)
 _named("claim.enqueue_returning", _INSERT_TICKET.returning(s.waiters.c.id))

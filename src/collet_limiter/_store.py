@@ -65,6 +65,17 @@ _DISCARD_LEASE: Final = Prepared("store.discard_lease")
 _DISCARD_TICKET: Final = Prepared("store.discard_ticket")
 _DELETE_OWNED: Final = tuple(Prepared(f"store.delete_owned.{t}") for t in ("leases", "tickets"))
 _HOLDERS_OF: Final = Prepared("store.holders_of")
+_INSERT_MODEL: Final = Prepared("store.insert_model")
+_RENEW: Final = {table: Prepared(f"store.renew.{table}") for table in ("leases", "tickets")}
+_OWNED_LEASE_TOKENS: Final = Prepared("store.owned_lease_tokens")
+_DELETE_ID: Final = {kind: Prepared(f"store.delete_id.{kind}") for kind in ("lease", "ticket")}
+_MODEL_OF: Final = Prepared("store.model_of")
+_STORE_HEALTH: Final = Prepared("store.store_health")
+# A lease from values (``_claim._lease_values``): returning its id, or for the driver's lastrowid.
+INSERT_LEASE: Final = {
+    True: Prepared("claim.insert_lease_returning"),
+    False: Prepared("claim.insert_lease"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +201,13 @@ def ensure_models(
     """Add a row for each of ``keys`` the table lacks (and to ``rows``). Write transaction."""
     missing = {key: demand(key) for key in keys if key not in rows}
     if missing:
-        from ._statements import INSERT_MODELS
-
-        conn.execute(INSERT_MODELS, [_row_values(row) for row in missing.values()])
+        _insert_models(conn, missing.values())
         rows.update(missing)
+
+
+def _insert_models(conn: Connection, rows: Iterable[ModelRow]) -> None:
+    for row in rows:
+        _INSERT_MODEL.execute(conn, _row_values(row)).close()
 
 
 def read_meta(conn: Connection) -> dict[str, str]:
@@ -253,7 +267,7 @@ def write_config(
     new_rows = [learned(row) for row in rows]
     new_rows += [learned(demand(key)) for key in demand_keys if key not in configured]
     if new_rows:
-        conn.execute(q.INSERT_MODELS, [_row_values(row) for row in new_rows])
+        _insert_models(conn, new_rows)
     if history:
         _record_limits(conn, stored, new_rows, now)
         if stored_cap is not None and int(stored_cap) != cap:
@@ -639,10 +653,7 @@ def reap(conn: Connection, now: float, *, my_host: str, history: bool) -> list[R
                 )
             )
         if doomed:
-            from ._statements import delete_ids
-
-            batch(conn, ended)
-            conn.execute(delete_ids(kind, doomed))
+            batch(conn, [*ended, *((_DELETE_ID[kind], {"row_id": i}) for i in doomed)])
     return removed
 
 
@@ -699,20 +710,20 @@ def renew(
     (reaped after expiring) are returned so the caller can mark them lost. Tokens, not ids:
     they are what proves a row is this lease. Needs a write transaction.
     """
-    from . import _statements as q
-
     params = {
         "renew_owner": owner,
         "new_expires_ts": now + ttl,
         "new_expires_at": utc_text(now + ttl),
     }
-    conn.execute(q.RENEW_TICKETS, params)
+    _RENEW["tickets"].execute(conn, params).close()
     # Leases too when the caller knows of none: a release may have granted one to a waiter of
     # this owner that has not read it yet.
-    if conn.execute(q.RENEW_LEASES, params).rowcount >= len(lease_tokens):
+    cursor = _RENEW["leases"].execute(conn, params)
+    renewed, _ = cursor.rowcount, cursor.close()
+    if renewed >= len(lease_tokens):
         return set()
-    present = conn.execute(q.OWNED_LEASE_TOKENS, {"renew_owner": owner}).scalars()
-    return set(lease_tokens) - set(present)
+    present = _OWNED_LEASE_TOKENS.rows(conn, {"renew_owner": owner})
+    return set(lease_tokens) - {row[0] for row in present}
 
 
 def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> LeaseRecord:
@@ -721,11 +732,9 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
     The lease keeps its token and holder; it gets a new id and a fresh expiry. A lease the new
     file already holds (it came with an old ``-wal`` file) is kept as it is. Write transaction.
     """
-    from . import _statements as q
-
-    stored = conn.execute(q.LEASE_ID_BY_TOKEN, {"token": record.token}).scalar()
+    stored = lease_by_token(conn, record.token)
     if stored is not None:
-        return replace(record, id=int(stored))
+        return replace(record, id=stored.id)
     values = {
         "token": record.token,
         "provider": record.key.provider,
@@ -745,9 +754,21 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
         "expires_ts": now + ttl,
         "requested_ts": record.acquired_ts,
     }
-    key = conn.execute(q.INSERT_LEASE, values).inserted_primary_key
-    assert key is not None
-    return replace(record, id=int(key[0]), expires_ts=now + ttl)
+    return replace(record, id=insert_lease(conn, values), expires_ts=now + ttl)
+
+
+def insert_lease(conn: Connection, values: dict[str, Any]) -> int:
+    """Insert a lease from its column values; returns its id."""
+    returning = bool(conn.dialect.insert_returning)
+    cursor = INSERT_LEASE[returning].execute(conn, values)
+    try:
+        if returning:
+            row = cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+        return int(cursor.lastrowid)
+    finally:
+        cursor.close()
 
 
 # --- learning from refusals --------------------------------------------------------------------
@@ -756,11 +777,9 @@ def readopt(conn: Connection, record: LeaseRecord, now: float, ttl: float) -> Le
 def model_row(conn: Connection, key: ModelKey, demand: Callable[[ModelKey], ModelRow]) -> ModelRow:
     """The ``models`` row of ``key``, added from ``demand`` if the table lacks it. Write
     transaction."""
-    from ._statements import model_of
-
-    found = conn.execute(model_of(key)).first()
-    if found is not None:
-        return _model_row(found)
+    found = _MODEL_OF.rows(conn, {"provider": key.provider, "model": key.model})
+    if found:
+        return _model_row(found[0])
     rows: dict[ModelKey, ModelRow] = {}
     ensure_models(conn, rows, [key], demand)
     return rows[key]
@@ -773,6 +792,5 @@ def holders_of(conn: Connection, key: ModelKey) -> int:
 
 def store_health(conn: Connection, key: ModelKey, health: Health) -> None:
     """Write what was learned about ``key`` to its ``models`` row. Write transaction."""
-    from ._statements import store_health as statement
-
-    conn.execute(statement(key, health_values(health)))
+    values = {f"h_{column}": value for column, value in health_values(health).items()}
+    _STORE_HEALTH.execute(conn, {"provider": key.provider, "model": key.model, **values}).close()
