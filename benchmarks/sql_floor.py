@@ -153,7 +153,7 @@ def main() -> None:
     print(
         f"\nfloor / peer {floor / peer_:.2f}x; collet-limiter / peer {ours_ / peer_:.2f}x; "
         f"collet-limiter / floor {ours_ / floor:.2f}x "
-        f"(our Python and SQLAlchemy: {1e6 / ours_ - 1e6 / floor:.0f} us of a "
+        f"(our Python: {1e6 / ours_ - 1e6 / floor:.0f} us of a "
         f"{1e6 / ours_:.0f} us cycle)\n"
     )
     print("| replayed statement | us per cycle |")
