@@ -55,73 +55,27 @@ def test_a_dialect_that_compiles_otherwise_compiles_the_statements_itself() -> N
     assert own._generated(SQLiteDialect_pysqlite()) is None
 
 
-# A new process opens two limiters on a file that exists, then counts the statements SQLAlchemy
-# compiles while one acquires uncontended, releases, queues behind the other, is granted by its
-# release and releases again; and says whether the Core constructs (``_statements``, the
-# tables) were built at all.
-_COUNT_COMPILES = textwrap.dedent(
+# A new process opens two limiters on a file that exists; one acquires uncontended, releases,
+# queues behind the other, is granted by its release, releases, then acquires, renews, reports a
+# refusal and releases. It says which statements SQLAlchemy compiled (with "count", which
+# imports SQLAlchemy's compiler to count), whether the Core constructs (``_statements``, the
+# tables) were built at all, and which of SQLAlchemy and Alembic it imported.
+_LIFE = textwrap.dedent(
     """
     import json, sys, threading
-    from sqlalchemy.sql import compiler
     from collet_limiter import Config, Limiter
 
-    config = Config.model_validate(
-        {"models": [{"name": "m", "concurrency_limit": 1}],
-         "providers": [{"name": "p", "models": ["m"]}]}
-    )
-    first, second = Limiter(sys.argv[1], config=config), Limiter(sys.argv[1], config=config)
     compiled = []
-    original = compiler.Compiled.__init__
+    if sys.argv[2] == "count":
+        from sqlalchemy.sql import compiler
 
-    def counting(self, dialect, statement, *args, **kwargs):
-        compiled.append(type(statement).__name__)
-        original(self, dialect, statement, *args, **kwargs)
+        original = compiler.Compiled.__init__
 
-    compiler.Compiled.__init__ = counting
-    first.acquire("p/m").release()
-    held = second.acquire("p/m")
-    queued = threading.Thread(target=lambda: first.acquire_wait("p/m").release())
-    queued.start()
-    while not first._runtime.waiters:  # registered: its ticket is in the queue
-        queued.join(0.01)
-    held.release()
-    queued.join()
-    compiler.Compiled.__init__ = original
-    first.close()
-    second.close()
-    import collet_limiter._schema as schema
-    built = "collet_limiter._statements" in sys.modules or "leases" in vars(schema)
-    print(json.dumps({"compiled": compiled, "built": built}))
-    """
-)
+        def counting(self, dialect, statement, *args, **kwargs):
+            compiled.append(type(statement).__name__)
+            original(self, dialect, statement, *args, **kwargs)
 
-
-def test_a_new_process_builds_and_compiles_no_statement_to_acquire_queue_and_release(
-    db: Path,
-) -> None:
-    config = make_config(
-        models=[{"name": "m", "concurrency_limit": 1}], providers=[{"name": "p", "models": ["m"]}]
-    )
-    with Limiter(db, config=config) as limiter:  # the file, its schema and the model's row
-        limiter.acquire("p/m").release()
-    done = subprocess.run(
-        [sys.executable, "-c", _COUNT_COMPILES, str(db)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == {"compiled": [], "built": False}
-
-
-# The same life in a new process, without counting (which needs SQLAlchemy's compiler), and also
-# a renewal and a reported refusal: it imports neither SQLAlchemy nor Alembic.
-_IMPORTS = textwrap.dedent(
-    """
-    import json, sys, threading
-    from collet_limiter import Config, Limiter
-
+        compiler.Compiled.__init__ = counting
     config = Config.model_validate(
         {"models": [{"name": "m", "concurrency_limit": 1}],
          "providers": [{"name": "p", "models": ["m"]}]}
@@ -141,23 +95,39 @@ _IMPORTS = textwrap.dedent(
     lease.release()
     first.close()
     second.close()
-    print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "alembic"})))
+    import collet_limiter._schema as schema
+    built = "collet_limiter._statements" in sys.modules or "leases" in vars(schema)
+    imported = sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "alembic"})
+    print(json.dumps({"compiled": compiled, "built": built, "imported": imported}))
     """
 )
 
 
-def test_a_new_process_on_a_current_database_imports_no_sqlalchemy(db: Path) -> None:
+def _life_in_a_new_process(db: Path, mode: str) -> dict[str, object]:
     config = make_config(
         models=[{"name": "m", "concurrency_limit": 1}], providers=[{"name": "p", "models": ["m"]}]
     )
     with Limiter(db, config=config) as limiter:  # the file, its schema and the model's row
         limiter.acquire("p/m").release()
     done = subprocess.run(
-        [sys.executable, "-c", _IMPORTS, str(db)],
+        [sys.executable, "-c", _LIFE, str(db), mode],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    found: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return found
+
+
+def test_a_new_process_builds_and_compiles_no_statement_to_acquire_queue_and_release(
+    db: Path,
+) -> None:
+    found = _life_in_a_new_process(db, "count")
+    assert (found["compiled"], found["built"]) == ([], False)
+
+
+def test_a_new_process_on_a_current_database_imports_no_sqlalchemy(db: Path) -> None:
+    found = _life_in_a_new_process(db, "plain")
+    assert (found["imported"], found["built"]) == ([], False)
