@@ -7,7 +7,7 @@ A process that acquires and releases runs only ``Prepared`` statements, whose SQ
 a ``sqlite3`` connection set up as ``_engine.create_sqlite_engine`` sets up its own (WAL, the
 busy timeout, our BEGIN), offering what the hot path uses of a ``Connection`` (``info``,
 ``dialect``, the driver's cursor, ``begin``, ``commit``, ``rollback``). Anything else (a Core
-statement that is not prepared: a config write, a reap's delete, the statistics) goes to the
+statement that is not prepared: a config write, a migration, the statistics) goes to the
 connection's SQLAlchemy twin, made on first need over the same driver connection, so it runs in
 the same transaction; only then is SQLAlchemy imported.
 """
